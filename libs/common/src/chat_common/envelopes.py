@@ -1,0 +1,106 @@
+"""Messages that cross the broker between gateways, workers and the monitor.
+
+Requests are JSON bodies (``ChatRequest``). Replies keep the gateway's hot path free of JSON work:
+the routing facts ride in AMQP headers (``ReplyHeaders``) and the body is the client frame already
+encoded by the worker, forwarded to the WebSocket as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from chat_common.frames import ChatType
+
+ReplyKind = Literal["start", "chunk", "end", "error"]
+TERMINAL_KINDS: frozenset[str] = frozenset({"end", "error"})
+
+
+class ChatRequest(BaseModel):
+    """One user message to answer. ``request_id`` is the idempotency key of the answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    user_message_id: str
+    assistant_message_id: str
+    chat_id: str
+    chat_type: ChatType
+    user_id: str
+    connection_id: str
+    reply_to: str
+    """routing key of the gateway process's reply queue on ``chat.replies``."""
+    deadline_ms: int
+    """epoch ms after which nobody waits for the answer any more."""
+    max_tokens: int
+
+
+class ControlMessage(BaseModel):
+    """Broadcast to every worker: stop the answer for a request, or for every request of a connection."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["cancel"]
+    request_id: str | None = None
+    connection_id: str | None = None
+    reason: Literal["cancelled", "disconnected"] = "cancelled"
+
+
+class ReplyHeaders(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: ReplyKind
+    connection_id: str
+    request_id: str
+    message_id: str
+    seq: int
+    attempt: int = 1
+
+    def to_amqp(self) -> dict[str, Any]:
+        return {
+            "k": self.kind,
+            "c": self.connection_id,
+            "r": self.request_id,
+            "m": self.message_id,
+            "s": self.seq,
+            "a": self.attempt,
+        }
+
+    @classmethod
+    def from_amqp(cls, headers: dict[str, Any]) -> ReplyHeaders:
+        def text(key: str) -> str:
+            value = headers[key]
+            return value.decode() if isinstance(value, bytes) else str(value)
+
+        return cls(
+            kind=text("k"),  # type: ignore[arg-type]
+            connection_id=text("c"),
+            request_id=text("r"),
+            message_id=text("m"),
+            seq=int(headers["s"]),
+            attempt=int(headers.get("a", 1)),
+        )
+
+
+class Heartbeat(BaseModel):
+    """What every gateway and worker publishes every ``HEARTBEAT_INTERVAL`` ms."""
+
+    instance_id: str
+    role: Literal["gateway", "worker"]
+    timestamp_ms: int
+    started_ms: int
+    connections: int = 0
+    users: int = 0
+    max_connections: int = 0
+    in_flight: int = 0
+    concurrency: int = 0
+    requests_total: int = 0
+    errors_total: int = 0
+    """requests that ended in an error frame (any code) since start."""
+    response_time_sum_ms: float = 0.0
+    response_time_count: int = 0
+    recent_response_ms: list[float] = []
+    """answer times (request to ``response_end``) since the previous heartbeat, capped."""
+    rss_bytes: int = 0
+    broker_connected: bool = True

@@ -1,0 +1,162 @@
+"""Typed configuration read from environment variables.
+
+Every name and default of SPEC §3 lives here, with the project's own additions; ``load_settings``
+turns a bad value into one start-up error that names the variable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+PositiveInt = Annotated[int, Field(gt=0)]
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All settings of all services; each service reads the part it needs."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    # --- limits from the original document (SPEC §3): same names, units and defaults ---
+    ws_max_connections: PositiveInt = 2000
+    ws_max_connections_per_user: PositiveInt = 5
+    ws_rate_limit_window: PositiveInt = 60_000
+    ws_rate_limit_max_messages: PositiveInt = 30
+    ws_cleanup_interval: PositiveInt = 300_000
+    ws_inactive_timeout: PositiveInt = 1_800_000
+    ws_max_payload: Annotated[int, Field(ge=256)] = 16_384
+    ws_max_message_length: PositiveInt = 4000
+    ws_max_tokens: PositiveInt = 2000
+    ws_allowed_origins: CommaList = Field(default_factory=list)
+    ws_auth_timeout: PositiveInt = 10_000
+    """ms an unauthenticated socket has to send ``join_chat``."""
+    ws_ping_interval: PositiveInt = 20_000
+    """ms between WebSocket protocol pings; a peer that misses one for as long is dropped."""
+
+    # --- infrastructure ---
+    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    database_url: str = "postgresql://postgres@localhost:5432/postgres"
+    redis_url: str | None = None
+    database_pool_size: PositiveInt = 10
+
+    # --- authentication (SPEC §6) ---
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_algorithms: CommaList = Field(default_factory=lambda: ["HS256"])
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: Annotated[int, Field(ge=0)] = 5
+    """seconds of clock skew tolerated on ``exp`` and ``nbf``."""
+
+    # --- the LLM ---
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    openai_timeout: Annotated[float, Field(gt=0)] = 60.0
+    """seconds for one OpenAI request (connect, read between chunks)."""
+    openai_max_retries: Annotated[int, Field(ge=0)] = 2
+    llm_provider: Literal["openai", "fake"] | None = None
+    fake_llm_first_token_ms: Annotated[int, Field(ge=0)] = 300
+    fake_llm_tokens_per_second: Annotated[float, Field(ge=0)] = 40.0
+    """0 streams without delay."""
+    fake_llm_answer_tokens: PositiveInt = 80
+    prompts_dir: str | None = None
+    """folder with ``documents.md`` and ``messages.md`` replacing the built-in system prompts."""
+
+    # --- processes and ports ---
+    host: str = "0.0.0.0"
+    gateway_port: Annotated[int, Field(ge=0, le=65535)] = 3000
+    monitor_port: Annotated[int, Field(ge=0, le=65535)] = 3100
+    worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 3200
+    worker_concurrency: PositiveInt = 32
+    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+    # --- request path ---
+    request_timeout: PositiveInt = 120_000
+    """ms from publishing a request to its ``response_end`` before the client gets ``TIMEOUT``."""
+    request_queue_max_length: PositiveInt = 10_000
+    request_delivery_limit: PositiveInt = 3
+    publish_timeout: PositiveInt = 5_000
+    """ms a publish (with its confirm) may take before the client gets ``BUSY``."""
+    busy_retry_after: PositiveInt = 2_000
+    history_limit: PositiveInt = 50
+    """messages returned in ``history`` and sent to the model as context."""
+    chunk_coalesce_ms: Annotated[int, Field(ge=0)] = 50
+    chunk_coalesce_chars: PositiveInt = 256
+
+    # --- telemetry ---
+    heartbeat_interval: PositiveInt = 5_000
+    instance_silence_timeout: PositiveInt = 15_000
+    """ms after the last heartbeat before the monitor considers an instance gone."""
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    debug: str | None = Field(default=None, validation_alias=AliasChoices("DEBUG"))
+    otel_exporter_otlp_endpoint: str | None = None
+
+    _split = field_validator("ws_allowed_origins", "jwt_algorithms", mode="before")(_split_commas)
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _no_none_algorithm(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one algorithm is required")
+        if any(alg.lower() == "none" for alg in value):
+            raise ValueError("'none' is never accepted")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown log level {value!r}")
+        return level
+
+    @model_validator(mode="after")
+    def _pick_provider(self) -> Settings:
+        if self.llm_provider is None:
+            object.__setattr__(self, "llm_provider", "openai" if self.openai_api_key else "fake")
+        return self
+
+    @property
+    def verbose_gateway(self) -> bool:
+        """The original's ``DEBUG=websocket:*`` switch."""
+        return bool(self.debug) and "websocket" in (self.debug or "")
+
+    @property
+    def provider(self) -> Literal["openai", "fake"]:
+        return self.llm_provider or "fake"
+
+
+class ConfigurationError(SystemExit):
+    """Raised at start-up for invalid configuration; its text names each offending variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; on a bad value exit with a message naming the variable."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = str(error["loc"][0]).upper() if error["loc"] else "configuration"
+            lines.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
+        raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
+    if settings.llm_provider == "fake" and not settings.openai_api_key and "LLM_PROVIDER" not in os.environ:
+        logger.warning("OPENAI_API_KEY is not set: using the built-in fake LLM (LLM_PROVIDER=fake)")
+    return settings

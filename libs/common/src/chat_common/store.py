@@ -1,0 +1,203 @@
+"""PostgreSQL access for chats and messages.
+
+Every query that reads a chat takes the owner, so another user's chat is indistinguishable from one
+that does not exist. Writes are idempotent on the request id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
+
+from chat_common.frames import ChatType, iso_utc
+from chat_common.migrations import apply_migrations
+
+MessageStatus = Literal["accepted", "complete", "cancelled", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    id: str
+    user_id: str
+    chat_type: ChatType
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: str
+    role: str
+    content: str
+    created_at: datetime
+    status: str
+
+    def to_client(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "role": self.role,
+            "content": self.content,
+            "createdAt": iso_utc(self.created_at),
+            "status": self.status,
+        }
+
+
+def parse_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+async def create_pool(dsn: str, *, max_size: int = 10, migrate: bool = True) -> asyncpg.Pool:
+    """A connection pool; with ``migrate`` the schema is brought up to date first."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn, min_size=1, max_size=max_size, command_timeout=10, max_inactive_connection_lifetime=60
+    )
+    if migrate:
+        async with pool.acquire() as connection:
+            await apply_migrations(connection)
+    return pool
+
+
+class ChatStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def create_chat(self, user_id: str, chat_type: ChatType) -> Chat:
+        chat_id = uuid.uuid4()
+        await self.pool.execute(
+            "INSERT INTO chats (id, user_id, chat_type) VALUES ($1, $2, $3)", chat_id, user_id, chat_type
+        )
+        return Chat(id=str(chat_id), user_id=user_id, chat_type=chat_type)
+
+    async def get_chat(self, chat_id: str, user_id: str) -> Chat | None:
+        """The chat if it exists and belongs to ``user_id``; ``None`` otherwise, whichever it is."""
+        key = parse_uuid(chat_id)
+        if key is None:
+            return None
+        row = await self.pool.fetchrow(
+            "SELECT chat_type FROM chats WHERE id = $1 AND user_id = $2", key, user_id
+        )
+        if row is None:
+            return None
+        return Chat(id=str(key), user_id=user_id, chat_type=row["chat_type"])
+
+    async def list_chats(self, user_id: str, *, limit: int = 50) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT id, chat_type, title, updated_at FROM chats WHERE user_id = $1"
+            " ORDER BY updated_at DESC LIMIT $2",
+            user_id,
+            limit,
+        )
+        return [
+            {
+                "chatId": str(row["id"]),
+                "chatType": row["chat_type"],
+                "title": row["title"],
+                "updatedAt": iso_utc(row["updated_at"]),
+            }
+            for row in rows
+        ]
+
+    async def history(self, chat_id: str, *, limit: int, up_to_message: str | None = None) -> list[StoredMessage]:
+        """The latest ``limit`` messages of a chat, oldest first (up to and including a message)."""
+        if up_to_message is None:
+            rows = await self.pool.fetch(
+                "SELECT id, role, content, created_at, status FROM messages WHERE chat_id = $1"
+                " ORDER BY seq DESC LIMIT $2",
+                uuid.UUID(chat_id),
+                limit,
+            )
+        else:
+            rows = await self.pool.fetch(
+                "SELECT id, role, content, created_at, status FROM messages WHERE chat_id = $1"
+                " AND seq <= (SELECT seq FROM messages WHERE id = $3) ORDER BY seq DESC LIMIT $2",
+                uuid.UUID(chat_id),
+                limit,
+                uuid.UUID(up_to_message),
+            )
+        return [
+            StoredMessage(
+                id=str(row["id"]),
+                role=row["role"],
+                content=row["content"],
+                created_at=row["created_at"],
+                status=row["status"],
+            )
+            for row in reversed(rows)
+        ]
+
+    async def add_user_message(self, *, message_id: str, chat_id: str, request_id: str, content: str) -> None:
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "INSERT INTO messages (id, chat_id, role, content, request_id, status)"
+                " VALUES ($1, $2, 'user', $3, $4, 'accepted')",
+                uuid.UUID(message_id),
+                uuid.UUID(chat_id),
+                content,
+                uuid.UUID(request_id),
+            )
+            await connection.execute(
+                "UPDATE chats SET updated_at = clock_timestamp(),"
+                " title = COALESCE(title, left($2, 80)) WHERE id = $1",
+                uuid.UUID(chat_id),
+                content,
+            )
+
+    async def mark_request(self, request_id: str, status: MessageStatus, *, error_code: str | None = None) -> None:
+        """Record what became of a request on its user message (answered, failed with a code)."""
+        await self.pool.execute(
+            "UPDATE messages SET status = $2, error_code = $3 WHERE request_id = $1 AND role = 'user'",
+            uuid.UUID(request_id),
+            status,
+            error_code,
+        )
+
+    async def add_assistant_message(
+        self,
+        *,
+        message_id: str,
+        chat_id: str,
+        request_id: str,
+        content: str,
+        status: MessageStatus,
+        finish_reason: str | None,
+        error_code: str | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+    ) -> bool:
+        """Store the answer to a request once; return ``False`` if it was stored before."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            inserted = await connection.fetchval(
+                "INSERT INTO messages (id, chat_id, role, content, request_id, status, error_code,"
+                " finish_reason, prompt_tokens, completion_tokens)"
+                " VALUES ($1, $2, 'assistant', $3, $4, $5, $6, $7, $8, $9)"
+                " ON CONFLICT DO NOTHING RETURNING true",
+                uuid.UUID(message_id),
+                uuid.UUID(chat_id),
+                content,
+                uuid.UUID(request_id),
+                status,
+                error_code,
+                finish_reason,
+                prompt_tokens,
+                completion_tokens,
+            )
+            if inserted:
+                await connection.execute(
+                    "UPDATE messages SET status = $2, error_code = $3 WHERE request_id = $1 AND role = 'user'",
+                    uuid.UUID(request_id),
+                    "complete" if status == "complete" else status,
+                    error_code,
+                )
+            return bool(inserted)
+
+    async def answer_exists(self, request_id: str) -> bool:
+        return bool(
+            await self.pool.fetchval(
+                "SELECT true FROM messages WHERE request_id = $1 AND role = 'assistant'", uuid.UUID(request_id)
+            )
+        )

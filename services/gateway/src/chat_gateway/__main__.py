@@ -1,0 +1,47 @@
+"""``chat-gateway``: run one gateway process (configured only by environment variables)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from chat_common.logs import setup_logging
+from chat_common.process import raise_nofile_limit
+from chat_common.settings import load_settings
+from chat_common.telemetry import setup_tracing
+from chat_gateway.app import create_app
+
+logger = logging.getLogger("chat_gateway")
+
+
+def main() -> None:
+    settings = load_settings()
+    setup_logging(settings, service="gateway")
+    setup_tracing(settings, service="chat-gateway")
+    limit = raise_nofile_limit()
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        raise SystemExit(f"invalid configuration: {exc}") from exc
+    logger.info("gateway %s on %s:%d (open-files limit %d)", settings.instance_id, settings.host, settings.gateway_port, limit)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.gateway_port,
+        loop="uvloop",
+        ws="websockets-sansio",
+        ws_max_size=settings.ws_max_payload,
+        ws_per_message_deflate=False,
+        ws_ping_interval=settings.ws_ping_interval / 1000,
+        ws_ping_timeout=settings.ws_ping_interval / 1000,
+        backlog=4096,
+        timeout_graceful_shutdown=30,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+
+
+if __name__ == "__main__":
+    main()

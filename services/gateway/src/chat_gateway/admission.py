@@ -1,0 +1,74 @@
+"""Per-user connection slots and message rate limits.
+
+``AdmissionStore`` is the seam: ``LocalAdmission`` holds the state in this process; a shared
+implementation (Redis) makes the same limits hold across gateways.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict, deque
+from typing import Protocol
+
+
+class AdmissionStore(Protocol):
+    async def acquire_connection(self, user_id: str, connection_id: str, limit: int) -> bool:
+        """Take one of the user's ``limit`` connection slots; ``False`` when all are taken."""
+        ...
+
+    async def release_connection(self, user_id: str, connection_id: str) -> None:
+        """Give the slot back; releasing twice is harmless."""
+        ...
+
+    async def hit_rate(self, user_id: str, limit: int, window_ms: int) -> int | None:
+        """Count one message; ``None`` if allowed, else the ms until the next one would be."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalAdmission:
+    """In-process state: exact sliding-window log, slots per user."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, set[str]] = defaultdict(set)
+        self._hits: dict[str, deque[float]] = {}
+
+    async def acquire_connection(self, user_id: str, connection_id: str, limit: int) -> bool:
+        slots = self._slots[user_id]
+        if connection_id in slots:
+            return True
+        if len(slots) >= limit:
+            return False
+        slots.add(connection_id)
+        return True
+
+    async def release_connection(self, user_id: str, connection_id: str) -> None:
+        slots = self._slots.get(user_id)
+        if slots is not None:
+            slots.discard(connection_id)
+            if not slots:
+                del self._slots[user_id]
+
+    async def hit_rate(self, user_id: str, limit: int, window_ms: int) -> int | None:
+        now = time.monotonic()
+        window = window_ms / 1000
+        hits = self._hits.get(user_id)
+        if hits is None:
+            hits = self._hits[user_id] = deque()
+        while hits and hits[0] <= now - window:
+            hits.popleft()
+        if len(hits) >= limit:
+            return max(1, math.ceil((hits[0] + window - now) * 1000))
+        hits.append(now)
+        return None
+
+    def forget_idle(self) -> None:
+        """Drop empty rate logs (called by the cleanup sweep)."""
+        now = time.monotonic()
+        for user_id in [u for u, h in self._hits.items() if not h or h[-1] < now - 3600]:
+            del self._hits[user_id]
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,141 @@
+"""The gateway's ASGI application: lifespan-owned clients, the WebSocket route and the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from chat_common.broker import now_ms, publish_heartbeats
+from chat_common.envelopes import Heartbeat
+from chat_common.health import HealthReport, HealthThresholds
+from chat_common.process import rss_bytes
+from chat_common.settings import Settings
+from chat_common.store import ChatStore, create_pool
+from chat_gateway.admission import AdmissionStore, LocalAdmission
+from chat_gateway.auth import TokenVerifier
+from chat_gateway.broker import GatewayBroker
+from chat_gateway.metrics import GatewayMetrics
+from chat_gateway.registry import ConnectionRegistry
+from chat_gateway.replies import ReplyRouter
+from chat_gateway.session import serve
+from chat_gateway.state import GatewayState
+from chat_gateway.sweeper import sweep_forever
+
+logger = logging.getLogger(__name__)
+
+
+async def make_admission(settings: Settings) -> AdmissionStore:
+    if settings.redis_url:
+        from chat_gateway.redis_admission import RedisAdmission  # noqa: PLC0415
+
+        return await RedisAdmission.connect(settings)
+    return LocalAdmission()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    verifier = TokenVerifier(settings)  # fails fast on a missing key
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(settings.database_url, max_size=settings.database_pool_size)
+        registry, metrics = ConnectionRegistry(), GatewayMetrics()
+        broker = GatewayBroker(settings)
+        router = ReplyRouter(registry, broker, metrics)
+        admission = await make_admission(settings)
+        state = GatewayState(
+            settings=settings,
+            verifier=verifier,
+            store=ChatStore(pool),
+            broker=broker,
+            admission=admission,
+            registry=registry,
+            metrics=metrics,
+            router=router,
+        )
+        try:
+            await broker.start(router.on_reply)
+            app.state.gateway = state
+            async with asyncio.TaskGroup() as tasks:
+                background = [
+                    tasks.create_task(sweep_forever(state)),
+                    tasks.create_task(
+                        publish_heartbeats(
+                            _telemetry(broker), lambda: heartbeat(state), interval_s=settings.heartbeat_interval / 1000
+                        )
+                    ),
+                ]
+                logger.info("gateway %s ready", settings.instance_id)
+                try:
+                    yield
+                finally:
+                    for task in background:
+                        task.cancel()
+        finally:
+            await broker.close()
+            await admission.close()
+            await pool.close()
+
+    app = FastAPI(title="chat-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.websocket("/ws/chat")
+    async def chat_socket(websocket: WebSocket) -> None:
+        await serve(websocket.app.state.gateway, websocket)
+
+    @app.get("/api/websocket/health")
+    async def health() -> JSONResponse:
+        report = health_report(app.state.gateway)
+        return JSONResponse(report.to_json(), status_code=report.http_status)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(app.state.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _telemetry(broker: GatewayBroker):  # type: ignore[no-untyped-def]
+    assert broker.telemetry is not None
+    return broker.telemetry
+
+
+def health_report(state: GatewayState) -> HealthReport:
+    figures = state.metrics.window.figures()
+    report = HealthReport(
+        total_connections=len(state.registry),
+        total_users=state.registry.users,
+        messages_per_minute=figures.per_minute,
+        average_response_ms=figures.average_response_ms,
+        error_rate=figures.error_rate,
+        uptime_ms=int((time.time() - state.started) * 1000),
+    ).check(capacity=state.settings.ws_max_connections, thresholds=HealthThresholds())
+    if not state.broker.connected:
+        report.flag("critical", "not connected to RabbitMQ")
+    return report
+
+
+def heartbeat(state: GatewayState) -> Heartbeat:
+    metrics = state.metrics
+    return Heartbeat(
+        instance_id=state.settings.instance_id,
+        role="gateway",
+        timestamp_ms=now_ms(),
+        started_ms=int(state.started * 1000),
+        connections=len(state.registry),
+        users=state.registry.users,
+        max_connections=state.settings.ws_max_connections,
+        in_flight=int(metrics.in_flight._value.get()),
+        requests_total=metrics.requests_total,
+        errors_total=metrics.errors_total,
+        response_time_sum_ms=metrics.response_sum_ms,
+        response_time_count=metrics.response_count,
+        recent_response_ms=metrics.take_recent_response_ms(),
+        rss_bytes=rss_bytes(),
+        broker_connected=state.broker.connected,
+    )

@@ -1,0 +1,95 @@
+"""The gateway's side of RabbitMQ: publish requests (with confirms), broadcast cancels, own a reply queue.
+
+Every publish is bounded by ``PUBLISH_TIMEOUT``: during a broker outage the client hears ``BUSY``
+instead of waiting for the reconnect. Failed publishes are not replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import aio_pika
+from pamqp.commands import Basic
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+
+from chat_common import topology
+from chat_common.broker import connect
+from chat_common.envelopes import ChatRequest, ControlMessage
+from chat_common.errors import ChatError, ErrorCode
+from chat_common.settings import Settings
+from chat_common.telemetry import inject_headers
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayBroker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._requests: AbstractExchange | None = None
+        self._control: AbstractExchange | None = None
+        self.telemetry: AbstractExchange | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None and not self.connection.is_closed and self.connection.connected.is_set()
+
+    async def start(self, on_reply: Callable[[AbstractIncomingMessage], Awaitable[None]]) -> None:
+        self.connection = await connect(self.settings.amqp_url, name=f"gateway {self.settings.instance_id}")
+        self._publish_channel = await self.connection.channel(publisher_confirms=True)
+        self._requests = await topology.declare_requests(self._publish_channel, self.settings)
+        self._control = await topology.declare_control(self._publish_channel)
+        self.telemetry = await topology.declare_telemetry(self._publish_channel)
+        reply_channel = await self.connection.channel(publisher_confirms=False)
+        await reply_channel.set_qos(prefetch_count=0)
+        queue = await topology.declare_reply_queue(reply_channel, self.settings.instance_id)
+        # Replies are transient and re-sent by nobody: no acks, no broker-side bookkeeping.
+        await queue.consume(on_reply, no_ack=True)
+
+    async def publish_request(self, request: ChatRequest) -> None:
+        """Publish with a confirm; ``ChatError(BUSY)`` when the broker refuses or does not answer in time."""
+        if self._requests is None or not self.connected:
+            raise self._busy("broker unavailable")
+        message = aio_pika.Message(
+            request.model_dump_json().encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=request.request_id,
+            expiration=self.settings.request_timeout / 1000,
+            headers=dict(inject_headers({})),
+        )
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout / 1000):
+                confirmation = await self._requests.publish(message, routing_key=request.chat_type, mandatory=True)
+        except TimeoutError as exc:
+            raise self._busy("publish timed out") from exc
+        except (aio_pika.exceptions.AMQPError, aio_pika.exceptions.DeliveryError, ConnectionError, RuntimeError) as exc:
+            raise self._busy(f"publish failed: {type(exc).__name__}") from exc
+        if not isinstance(confirmation, Basic.Ack | None):
+            raise self._busy("publish not confirmed")
+
+    def _busy(self, why: str) -> ChatError:
+        logger.warning("request not published: %s", why)
+        return ChatError(ErrorCode.BUSY, retry_after_ms=self.settings.busy_retry_after)
+
+    async def publish_control(self, control: ControlMessage) -> None:
+        """Broadcast a cancel to every worker; best effort (a lost cancel only wastes an LLM call)."""
+        if self._control is None or not self.connected:
+            return
+        try:
+            async with asyncio.timeout(self.settings.publish_timeout / 1000):
+                await self._control.publish(
+                    aio_pika.Message(
+                        control.model_dump_json().encode(), delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT
+                    ),
+                    routing_key="",
+                )
+        except Exception:
+            logger.warning("cancel not published for request %s", control.request_id or control.connection_id)
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()

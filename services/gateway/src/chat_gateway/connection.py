@@ -1,0 +1,96 @@
+"""One client connection: its identity, current chat, in-flight requests and ordered output.
+
+Output goes through ``send``: frames are queued and written by a flusher task that exists only while
+there is something to write, so an idle connection costs no task, and frames from the session and
+from the reply consumer keep the order in which they were queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from starlette.websockets import WebSocket
+
+from chat_common.frames import ChatType
+
+logger = logging.getLogger(__name__)
+
+MAX_QUEUED_FRAMES = 2000
+"""a client that falls this far behind is disconnected rather than buffered without bound."""
+
+
+@dataclass(slots=True)
+class PendingRequest:
+    request_id: str
+    user_message_id: str
+    assistant_message_id: str
+    chat_id: str
+    started: float
+    timer: asyncio.TimerHandle | None = None
+    next_seq: int = 0
+    first_chunk_at: float | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Connection:
+    id: str
+    websocket: WebSocket
+    client_address: str
+    user_id: str | None = None
+    token_expires_at: float = 0.0
+    chat_id: str | None = None
+    chat_type: ChatType | None = None
+    last_activity: float = field(default_factory=time.monotonic)
+    pending: dict[str, PendingRequest] = field(default_factory=dict)
+    closed: bool = False
+    _out: deque[str] = field(default_factory=deque)
+    _flusher: asyncio.Task[None] | None = None
+
+    def send(self, text: str) -> None:
+        """Queue one frame; never blocks. A client that stops reading is cut off."""
+        if self.closed:
+            return
+        if len(self._out) >= MAX_QUEUED_FRAMES:
+            logger.warning("connection %s: client too slow, %d frames queued; closing", self.id, len(self._out))
+            self._out.clear()
+            self.closed = True
+            self._flusher = asyncio.get_running_loop().create_task(self._close_now(1008))
+            return
+        self._out.append(text)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._out:
+                await self.websocket.send_text(self._out.popleft())
+        except Exception:  # the peer went away mid-write: the receive loop sees the disconnect
+            self.closed = True
+            self._out.clear()
+        finally:
+            self._flusher = None
+
+    async def drain(self, timeout: float = 2.0) -> None:
+        """Wait until the queued frames are written (or ``timeout``)."""
+        flusher = self._flusher
+        if flusher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(flusher), timeout)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """Write what is queued, then close with ``code``."""
+        await self.drain()
+        await self._close_now(code, reason)
+
+    async def _close_now(self, code: int, reason: str = "") -> None:
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await self.websocket.close(code, reason)
+
+    def touch(self) -> None:
+        self.last_activity = time.monotonic()

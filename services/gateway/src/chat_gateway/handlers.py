@@ -1,0 +1,241 @@
+"""What each client frame does once the connection is authenticated."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import unicodedata
+import uuid
+from typing import Any
+
+from chat_common.broker import now_ms
+from chat_common.envelopes import ChatRequest, ControlMessage
+from chat_common.errors import ChatError, ErrorCode
+from chat_common.frames import (
+    Cancel,
+    ChatType,
+    ClientFrame,
+    CreateChat,
+    JoinChat,
+    Ping,
+    RefreshToken,
+    SendMessage,
+    SwitchChat,
+    encode_frame,
+    error_frame,
+    pong_frame,
+)
+from chat_common.store import Chat
+from chat_gateway.connection import Connection, PendingRequest
+from chat_gateway.state import GatewayState
+
+logger = logging.getLogger(__name__)
+
+RequestIdT = str | int | None
+
+
+def normalise_content(text: str) -> str:
+    """Unicode NFC, and no control characters other than newline and tab."""
+    text = unicodedata.normalize("NFC", text)
+    return "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+
+
+class FrameHandler:
+    def __init__(self, state: GatewayState, connection: Connection) -> None:
+        self.state = state
+        self.connection = connection
+
+    async def dispatch(self, frame: ClientFrame) -> None:
+        """Run one frame; a ``ChatError`` becomes an error frame and the connection stays open
+        unless the error's code closes it."""
+        try:
+            await self._run(frame)
+        except ChatError as error:
+            self.state.metrics.errors.labels(error.code.value).inc()
+            self.connection.send(error_frame(error, frame.requestId))
+            if error.close_code is not None:
+                await self.connection.close(error.close_code, error.message[:120])
+        except Exception:
+            logger.exception("connection %s: %s failed", self.connection.id, frame.type)
+            self.state.metrics.errors.labels(ErrorCode.INTERNAL.value).inc()
+            self.connection.send(error_frame(ChatError(ErrorCode.INTERNAL), frame.requestId))
+
+    async def _run(self, frame: ClientFrame) -> None:
+        match frame:
+            case Ping():
+                self.connection.send(pong_frame(frame.requestId))
+            case SendMessage():
+                await self.send_message(frame)
+            case JoinChat():
+                await self.join_chat(frame)
+            case SwitchChat():
+                await self.open_chat(frame.data.chatId, frame.data.chatType, "chat_switched", frame.requestId)
+            case CreateChat():
+                await self.create_chat(frame.data.chatType, "chat_created", frame.requestId)
+            case Cancel():
+                await self.cancel(frame)
+            case RefreshToken():
+                await self.refresh_token(frame)
+
+    # ------------------------------------------------------------------ authentication
+
+    async def authenticate(self, frame: JoinChat) -> None:
+        """Verify the token and take a user slot; raises ``ChatError`` that closes the connection."""
+        identity = self.state.verifier.verify(frame.data.token)
+        settings = self.state.settings
+        if not await self.state.admission.acquire_connection(
+            identity.user_id, self.connection.id, settings.ws_max_connections_per_user
+        ):
+            raise ChatError(ErrorCode.TOO_MANY_CONNECTIONS)
+        self.connection.user_id = identity.user_id
+        self.connection.token_expires_at = identity.expires_at
+        self.state.registry.bind_user(self.connection)
+        self.state.metrics.users.set(self.state.registry.users)
+
+    async def refresh_token(self, frame: RefreshToken) -> None:
+        identity = self.state.verifier.verify(frame.data.token)
+        if identity.user_id != self.connection.user_id:
+            raise ChatError(ErrorCode.UNAUTHORIZED, "Unauthorized: token is for another user")
+        self.connection.token_expires_at = identity.expires_at
+        self.connection.send(
+            encode_frame("token_refreshed", {"expiresAt": int(identity.expires_at * 1000)}, frame.requestId)
+        )
+
+    # ------------------------------------------------------------------ chats
+
+    async def join_chat(self, frame: JoinChat) -> None:
+        if self.connection.user_id is not None and frame.data.token:
+            identity = self.state.verifier.verify(frame.data.token)
+            if identity.user_id != self.connection.user_id:
+                raise ChatError(ErrorCode.UNAUTHORIZED, "Unauthorized: token is for another user")
+        if frame.data.chatId is None:
+            chat = await self.state.store.create_chat(self._user(), frame.data.chatType)
+        else:
+            chat = await self._owned_chat(frame.data.chatId, frame.data.chatType)
+        await self._enter(chat, "chat_joined", frame.requestId, with_user=True)
+
+    async def open_chat(self, chat_id: str, chat_type: ChatType, reply: str, request_id: RequestIdT) -> None:
+        chat = await self._owned_chat(chat_id, chat_type)
+        await self._enter(chat, reply, request_id)
+
+    async def create_chat(self, chat_type: ChatType, reply: str, request_id: RequestIdT) -> None:
+        chat = await self.state.store.create_chat(self._user(), chat_type)
+        self._move_to(chat)
+        self.connection.send(encode_frame(reply, {"chatId": chat.id, "chatType": chat.chat_type}, request_id))
+
+    async def _owned_chat(self, chat_id: str, chat_type: ChatType) -> Chat:
+        chat = await self.state.store.get_chat(chat_id, self._user())
+        if chat is None or chat.chat_type != chat_type:
+            raise ChatError(ErrorCode.CHAT_NOT_FOUND)
+        return chat
+
+    async def _enter(self, chat: Chat, reply: str, request_id: RequestIdT, *, with_user: bool = False) -> None:
+        history = await self.state.store.history(chat.id, limit=self.state.settings.history_limit)
+        self._move_to(chat)
+        data: dict[str, Any] = {"chatId": chat.id, "chatType": chat.chat_type}
+        if with_user:
+            data["userId"] = self.connection.user_id
+        data["history"] = [message.to_client() for message in history]
+        self.connection.send(encode_frame(reply, data, request_id))
+
+    def _move_to(self, chat: Chat) -> None:
+        self.connection.chat_id = chat.id
+        self.connection.chat_type = chat.chat_type
+
+    def _user(self) -> str:
+        user_id = self.connection.user_id
+        if user_id is None:  # pragma: no cover - frames are dispatched only after authentication
+            raise ChatError(ErrorCode.UNAUTHORIZED)
+        return user_id
+
+    # ------------------------------------------------------------------ messages
+
+    async def send_message(self, frame: SendMessage) -> None:
+        state, connection, settings = self.state, self.connection, self.state.settings
+        if connection.chat_id is None or connection.chat_type is None:
+            raise ChatError(ErrorCode.CHAT_NOT_FOUND, "Chat not found: join or create a chat first")
+        if frame.data.chatId is not None and frame.data.chatId != connection.chat_id:
+            raise ChatError(ErrorCode.CHAT_NOT_FOUND, "Chat not found: chatId is not the current chat")
+        content = normalise_content(frame.data.content)
+        if len(content) > settings.ws_max_message_length:
+            raise ChatError(
+                ErrorCode.MESSAGE_TOO_LONG,
+                f"Message too long: {len(content)} characters, at most {settings.ws_max_message_length}",
+            )
+        if not content.strip():
+            raise ChatError(ErrorCode.INVALID_MESSAGE, "Invalid message: content is empty")
+        retry_after = await state.admission.hit_rate(
+            self._user(), settings.ws_rate_limit_max_messages, settings.ws_rate_limit_window
+        )
+        if retry_after is not None:
+            raise ChatError(ErrorCode.RATE_LIMITED, retry_after_ms=retry_after)
+
+        request = ChatRequest(
+            request_id=str(uuid.uuid4()),
+            user_message_id=str(uuid.uuid4()),
+            assistant_message_id=str(uuid.uuid4()),
+            chat_id=connection.chat_id,
+            chat_type=connection.chat_type,
+            user_id=self._user(),
+            connection_id=connection.id,
+            reply_to=settings.instance_id,
+            deadline_ms=now_ms() + settings.request_timeout,
+            max_tokens=settings.ws_max_tokens,
+        )
+        await state.store.add_user_message(
+            message_id=request.user_message_id, chat_id=request.chat_id, request_id=request.request_id, content=content
+        )
+        connection.send(
+            encode_frame(
+                "message_accepted", {"messageId": request.user_message_id, "chatId": request.chat_id}, frame.requestId
+            )
+        )
+        pending = PendingRequest(
+            request_id=request.request_id,
+            user_message_id=request.user_message_id,
+            assistant_message_id=request.assistant_message_id,
+            chat_id=request.chat_id,
+            started=time.monotonic(),
+        )
+        connection.pending[request.request_id] = pending
+        state.metrics.in_flight.inc()
+        state.metrics.record_request()
+        try:
+            await state.broker.publish_request(request)
+        except ChatError as error:
+            state.router.finish(connection, pending, error_code=error.code.value)
+            await state.store.mark_request(request.request_id, "failed", error_code=error.code.value)
+            error.message_id = request.user_message_id
+            raise
+        pending.timer = asyncio.get_running_loop().call_later(
+            settings.request_timeout / 1000, self._timed_out, pending
+        )
+
+    def _timed_out(self, pending: PendingRequest) -> None:
+        if self.connection.pending.get(pending.request_id) is not pending:
+            return
+        pending.timer = None
+        self.state.router.finish(self.connection, pending, error_code=ErrorCode.TIMEOUT.value)
+        self.connection.send(
+            error_frame(ChatError(ErrorCode.TIMEOUT, message_id=pending.assistant_message_id))
+        )
+        task = asyncio.get_running_loop().create_task(
+            self.state.broker.publish_control(
+                ControlMessage(kind="cancel", request_id=pending.request_id, reason="cancelled")
+            )
+        )
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def cancel(self, frame: Cancel) -> None:
+        """Stop the answer(s) streaming on this connection; the worker ends them with ``finishReason: cancelled``."""
+        wanted = frame.data.messageId
+        targets = [
+            p
+            for p in self.connection.pending.values()
+            if wanted is None or wanted in (p.assistant_message_id, p.user_message_id)
+        ]
+        for pending in targets:
+            await self.state.broker.publish_control(
+                ControlMessage(kind="cancel", request_id=pending.request_id, reason="cancelled")
+            )

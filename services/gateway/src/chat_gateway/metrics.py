@@ -1,0 +1,65 @@
+"""Prometheus metrics of one gateway process, and the rolling figures its health reports."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from chat_common.stats import RollingWindow
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.connections = Gauge("chat_gateway_connections", "Open WebSocket connections", registry=self.registry)
+        self.users = Gauge("chat_gateway_users", "Distinct users connected", registry=self.registry)
+        self.frames_in = Counter(
+            "chat_gateway_frames_received", "Client frames by type", ["type"], registry=self.registry
+        )
+        self.refusals = Counter(
+            "chat_gateway_refusals", "Refused frames or connections by error code", ["code"], registry=self.registry
+        )
+        self.errors = Counter(
+            "chat_gateway_errors", "Error frames sent to clients by code", ["code"], registry=self.registry
+        )
+        self.requests = Counter("chat_gateway_requests", "Chat requests published", registry=self.registry)
+        self.in_flight = Gauge("chat_gateway_in_flight", "Requests awaiting their answer", registry=self.registry)
+        self.response_seconds = Histogram(
+            "chat_gateway_response_seconds",
+            "Time from accepting a message to response_end",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.first_chunk_seconds = Histogram(
+            "chat_gateway_first_chunk_seconds",
+            "Time from accepting a message to its first response_chunk",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.window = RollingWindow(60)
+        self.requests_total = 0
+        self.errors_total = 0
+        self.response_sum_ms = 0.0
+        self.response_count = 0
+        self.recent_response_ms: list[float] = []
+
+    def record_request(self) -> None:
+        self.requests.inc()
+        self.window.add_request()
+        self.requests_total += 1
+
+    def record_outcome(self, *, error_code: str | None, response_ms: float | None) -> None:
+        self.window.add_result(error=error_code is not None, response_ms=response_ms)
+        if error_code is not None:
+            self.errors_total += 1
+        if response_ms is not None:
+            self.response_seconds.observe(response_ms / 1000)
+            self.response_sum_ms += response_ms
+            self.response_count += 1
+            if len(self.recent_response_ms) < 1000:
+                self.recent_response_ms.append(response_ms)
+
+    def take_recent_response_ms(self) -> list[float]:
+        recent, self.recent_response_ms = self.recent_response_ms, []
+        return recent

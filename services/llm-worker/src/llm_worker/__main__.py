@@ -1,0 +1,64 @@
+"""``llm-worker``: run one worker process (configured only by environment variables)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from chat_common.logs import setup_logging
+from chat_common.process import run
+from chat_common.settings import Settings, load_settings
+from chat_common.store import ChatStore, create_pool
+from chat_common.telemetry import setup_tracing
+from llm_worker.answer import Answerer
+from llm_worker.http import serve_http
+from llm_worker.metrics import WorkerMetrics
+from llm_worker.prompts import load_prompts
+from llm_worker.providers import make_provider
+from llm_worker.service import Worker
+
+logger = logging.getLogger("llm_worker")
+
+SHUTDOWN_GRACE_S = 25.0
+
+
+async def amain(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    provider = make_provider(settings)
+    pool = await create_pool(settings.database_url, max_size=settings.database_pool_size)
+    metrics = WorkerMetrics()
+    answerer = Answerer(settings, ChatStore(pool), provider, dict(load_prompts(settings)), metrics)
+    worker = Worker(settings, answerer, metrics)
+
+    def health() -> tuple[int, dict[str, object]]:
+        ok = worker.connected
+        return (200 if ok else 503), {"status": "healthy" if ok else "critical", "inFlight": len(worker._active)}
+
+    server = await serve_http(settings.host, settings.worker_metrics_port, metrics.registry, health)
+    try:
+        await worker.start()
+        beats = asyncio.create_task(worker.heartbeats())
+        logger.info("worker %s ready (provider %s)", settings.instance_id, settings.provider)
+        await stop.wait()
+        logger.info("worker %s stopping", settings.instance_id)
+        beats.cancel()
+        await worker.stop(grace_s=SHUTDOWN_GRACE_S)
+    finally:
+        server.close()
+        await provider.close()
+        await pool.close()
+
+
+def main() -> None:
+    settings = load_settings()
+    setup_logging(settings, service="llm-worker")
+    setup_tracing(settings, service="llm-worker")
+    run(amain(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Answer one chat request: build the prompt, stream the model, coalesce, store, reply.
+
+Contract: ``answer`` returns the outcome once the answer (complete, cancelled or failed) is both
+stored and sent; the caller acks the request after that. If the task is cancelled for any reason
+other than the client's cancel (shutdown), ``CancelledError`` propagates and nothing is stored, so
+the request can be redelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from chat_common.envelopes import ChatRequest
+from chat_common.settings import Settings
+from chat_common.store import ChatStore
+from llm_worker.coalesce import Coalescer
+from llm_worker.metrics import WorkerMetrics
+from llm_worker.providers import Delta, Finish, LLMProvider, PromptMessage, UpstreamError
+from llm_worker.replies import ReplyStream
+
+logger = logging.getLogger(__name__)
+
+Outcome = Literal["complete", "cancelled", "upstream_error", "expired", "duplicate"]
+
+
+@dataclass(slots=True)
+class CancelScope:
+    """Set ``reason`` before cancelling the answering task so that it knows why it was cancelled."""
+
+    request: ChatRequest
+    reason: str | None = None
+    task: asyncio.Task[object] | None = field(default=None, repr=False)
+
+
+class Answerer:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ChatStore,
+        provider: LLMProvider,
+        prompts: dict[str, str],
+        metrics: WorkerMetrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.provider = provider
+        self.prompts = prompts
+        self.metrics = metrics
+
+    async def prompt(self, request: ChatRequest) -> list[PromptMessage]:
+        history = await self.store.history(
+            request.chat_id, limit=self.settings.history_limit, up_to_message=request.user_message_id
+        )
+        messages = [PromptMessage("system", self.prompts[request.chat_type])]
+        messages.extend(
+            PromptMessage(m.role, m.content) for m in history if m.content and m.status != "failed"
+        )
+        return messages
+
+    async def answer(self, request: ChatRequest, replies: ReplyStream, scope: CancelScope) -> Outcome:
+        started = time.monotonic()
+        messages = await self.prompt(request)
+        await replies.start()
+        coalescer = Coalescer(interval_ms=self.settings.chunk_coalesce_ms, max_chars=self.settings.chunk_coalesce_chars)
+        parts: list[str] = []
+        finish: Finish | None = None
+        try:
+            async for event in self.provider.stream(messages, max_tokens=request.max_tokens):
+                if isinstance(event, Delta):
+                    if not parts:
+                        self.metrics.first_token_seconds.observe(time.monotonic() - started)
+                    parts.append(event.text)
+                    ready = coalescer.add(event.text)
+                    if ready is not None:
+                        await replies.chunk(ready)
+                        self.metrics.chunks.inc()
+                else:
+                    finish = event
+        except asyncio.CancelledError:
+            if scope.reason is None:
+                raise  # shutdown: leave the request to be redelivered
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            finish = Finish("cancelled")
+        except UpstreamError as exc:
+            logger.warning("request %s: model failed: %s", request.request_id, exc)
+            await self.store.mark_request(request.request_id, "failed", error_code="UPSTREAM_ERROR")
+            await replies.error("UPSTREAM_ERROR", "The language model failed to answer")
+            self.metrics.record("upstream_error")
+            return "upstream_error"
+        rest = coalescer.flush()
+        if rest is not None:
+            await replies.chunk(rest)
+        content = "".join(parts)
+        assert finish is not None
+        status: Literal["complete", "cancelled"] = "cancelled" if finish.reason == "cancelled" else "complete"
+        usage = None
+        if finish.prompt_tokens is not None or finish.completion_tokens is not None:
+            usage = {
+                "promptTokens": finish.prompt_tokens,
+                "completionTokens": finish.completion_tokens,
+                "totalTokens": (finish.prompt_tokens or 0) + (finish.completion_tokens or 0),
+            }
+            self.metrics.tokens.labels("prompt").inc(finish.prompt_tokens or 0)
+            self.metrics.tokens.labels("completion").inc(finish.completion_tokens or 0)
+        await self.store.add_assistant_message(
+            message_id=request.assistant_message_id,
+            chat_id=request.chat_id,
+            request_id=request.request_id,
+            content=content,
+            status=status,
+            finish_reason=finish.reason,
+            prompt_tokens=finish.prompt_tokens,
+            completion_tokens=finish.completion_tokens,
+        )
+        await replies.end(content, finish_reason=finish.reason, usage=usage)
+        self.metrics.record(status, answer_ms=(time.monotonic() - started) * 1000)
+        return status

@@ -1,0 +1,47 @@
+"""Prometheus metrics of one worker process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "chat_worker_requests", "Requests handled by outcome", ["outcome"], registry=self.registry
+        )
+        self.in_flight = Gauge("chat_worker_in_flight", "Requests being answered", registry=self.registry)
+        self.tokens = Counter("chat_worker_llm_tokens", "LLM tokens by kind", ["kind"], registry=self.registry)
+        self.first_token_seconds = Histogram(
+            "chat_worker_first_token_seconds", "Time from taking a request to the model's first token",
+            buckets=_BUCKETS, registry=self.registry,
+        )
+        self.answer_seconds = Histogram(
+            "chat_worker_answer_seconds", "Time from taking a request to storing its answer",
+            buckets=_BUCKETS, registry=self.registry,
+        )
+        self.chunks = Counter("chat_worker_chunks", "Reply chunks published", registry=self.registry)
+        self.requests_total = 0
+        self.errors_total = 0
+        self.answer_sum_ms = 0.0
+        self.answer_count = 0
+        self.recent_answer_ms: list[float] = []
+
+    def record(self, outcome: str, *, answer_ms: float | None = None) -> None:
+        self.requests.labels(outcome).inc()
+        self.requests_total += 1
+        if outcome in ("upstream_error", "store_error"):
+            self.errors_total += 1
+        if answer_ms is not None:
+            self.answer_seconds.observe(answer_ms / 1000)
+            self.answer_sum_ms += answer_ms
+            self.answer_count += 1
+            if len(self.recent_answer_ms) < 1000:
+                self.recent_answer_ms.append(answer_ms)
+
+    def take_recent_answer_ms(self) -> list[float]:
+        recent, self.recent_answer_ms = self.recent_answer_ms, []
+        return recent

@@ -1,0 +1,156 @@
+"""Language-model providers behind one ``Protocol``: OpenAI (any compatible server) and a fake.
+
+A provider turns a prompt into an async stream of ``Delta`` texts followed by one ``Finish``.
+Errors the caller should report as ``UPSTREAM_ERROR`` are raised as ``UpstreamError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import openai
+
+from chat_common.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class PromptMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+StreamEvent = Delta | Finish
+
+
+class UpstreamError(Exception):
+    """The model failed after the SDK's own retries; the client gets ``UPSTREAM_ERROR``."""
+
+
+class LLMProvider(Protocol):
+    def stream(self, messages: list[PromptMessage], *, max_tokens: int) -> AsyncIterator[StreamEvent]:
+        """Stream the answer; closing the iterator early stops the generation."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class OpenAIProvider:
+    """Streams from ``/chat/completions`` with the SDK's retries (before the first chunk) and timeout."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.model = settings.openai_model
+        self.client = openai.AsyncOpenAI(
+            api_key=settings.openai_api_key or "not-needed",
+            base_url=settings.openai_base_url,
+            timeout=settings.openai_timeout,
+            max_retries=settings.openai_max_retries,
+        )
+
+    async def stream(self, messages: list[PromptMessage], *, max_tokens: int) -> AsyncIterator[StreamEvent]:
+        try:
+            response = await self.client.chat.completions.create(
+                model=self.model,
+                messages=[{"role": m.role, "content": m.content} for m in messages],  # type: ignore[misc]
+                max_tokens=max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        except openai.OpenAIError as exc:
+            raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
+        reason = "stop"
+        prompt_tokens = completion_tokens = None
+        try:
+            async for chunk in response:
+                if chunk.usage is not None:
+                    prompt_tokens = chunk.usage.prompt_tokens
+                    completion_tokens = chunk.usage.completion_tokens
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        yield Delta(choice.delta.content)
+                    if choice.finish_reason:
+                        reason = choice.finish_reason
+        except openai.OpenAIError as exc:
+            raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            await response.close()
+        yield Finish(reason, prompt_tokens, completion_tokens)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+_FAKE_SENTENCES = (
+    "Under the general principles of contract law, an agreement requires offer, acceptance and consideration.",
+    "You should check whether the limitation period for your claim has already started to run.",
+    "A written notice sent by registered mail usually serves as proof that the other party was informed.",
+    "Keep copies of every document you sign, and note the dates on which you received each letter.",
+    "The court will look first at the plain wording of the clause, then at the intention of the parties.",
+    "If the contract is silent on the point, the default rules of the civil code fill the gap.",
+    "Before you sign, ask for the penalty clause to be capped at a reasonable share of the price.",
+    "This is general information, not legal advice: a lawyer in your jurisdiction should review the facts.",
+)
+
+
+class FakeProvider:
+    """An offline model for demos and load tests: a plausible legal answer at a configurable pace.
+
+    ``FAKE_LLM_FIRST_TOKEN_MS`` before the first token, then ``FAKE_LLM_TOKENS_PER_SECOND``
+    (0: no delay), ``FAKE_LLM_ANSWER_TOKENS`` tokens in all (at most ``max_tokens``).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.first_token_s = settings.fake_llm_first_token_ms / 1000
+        self.tokens_per_second = settings.fake_llm_tokens_per_second
+        self.answer_tokens = settings.fake_llm_answer_tokens
+
+    async def stream(self, messages: list[PromptMessage], *, max_tokens: int) -> AsyncIterator[StreamEvent]:
+        words = self._answer(messages)
+        count = min(len(words), max_tokens)
+        if self.first_token_s:
+            await asyncio.sleep(self.first_token_s)
+        interval = 1 / self.tokens_per_second if self.tokens_per_second > 0 else 0.0
+        start = asyncio.get_running_loop().time()
+        for index, word in enumerate(words[:count]):
+            if interval:
+                # pace against the clock, not per sleep, so timer slack does not accumulate
+                delay = start + index * interval - asyncio.get_running_loop().time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            elif index % 64 == 63:
+                await asyncio.sleep(0)
+            yield Delta(word if index == 0 else " " + word)
+        prompt_tokens = sum(len(m.content.split()) for m in messages)
+        yield Finish("length" if count < len(words) else "stop", prompt_tokens, count)
+
+    def _answer(self, messages: list[PromptMessage]) -> list[str]:
+        question = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        rng = random.Random(question)  # noqa: S311 - deterministic filler text, not security
+        words: list[str] = []
+        while len(words) < self.answer_tokens:
+            words.extend(rng.choice(_FAKE_SENTENCES).split())
+        return words[: self.answer_tokens]
+
+    async def close(self) -> None:
+        return None
+
+
+def make_provider(settings: Settings) -> LLMProvider:
+    if settings.provider == "openai":
+        return OpenAIProvider(settings)
+    return FakeProvider(settings)
