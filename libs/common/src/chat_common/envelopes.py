@@ -74,7 +74,7 @@ class ReplyHeaders(BaseModel):
             return value.decode() if isinstance(value, bytes) else str(value)
 
         return cls(
-            kind=text("k"),  # type: ignore[arg-type]
+            kind=text("k"),
             connection_id=text("c"),
             request_id=text("r"),
             message_id=text("m"),

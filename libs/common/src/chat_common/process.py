@@ -40,7 +40,7 @@ def raise_nofile_limit() -> int:
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run ``main`` on uvloop where available (a third more throughput on the broker path)."""
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return asyncio.run(main)
     return uvloop.run(main)

@@ -78,17 +78,14 @@ class ChatStore:
         key = parse_uuid(chat_id)
         if key is None:
             return None
-        row = await self.pool.fetchrow(
-            "SELECT chat_type FROM chats WHERE id = $1 AND user_id = $2", key, user_id
-        )
+        row = await self.pool.fetchrow("SELECT chat_type FROM chats WHERE id = $1 AND user_id = $2", key, user_id)
         if row is None:
             return None
         return Chat(id=str(key), user_id=user_id, chat_type=row["chat_type"])
 
     async def list_chats(self, user_id: str, *, limit: int = 50) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(
-            "SELECT id, chat_type, title, updated_at FROM chats WHERE user_id = $1"
-            " ORDER BY updated_at DESC LIMIT $2",
+            "SELECT id, chat_type, title, updated_at FROM chats WHERE user_id = $1 ORDER BY updated_at DESC LIMIT $2",
             user_id,
             limit,
         )
@@ -141,8 +138,7 @@ class ChatStore:
                 uuid.UUID(request_id),
             )
             await connection.execute(
-                "UPDATE chats SET updated_at = clock_timestamp(),"
-                " title = COALESCE(title, left($2, 80)) WHERE id = $1",
+                "UPDATE chats SET updated_at = clock_timestamp(), title = COALESCE(title, left($2, 80)) WHERE id = $1",
                 uuid.UUID(chat_id),
                 content,
             )
@@ -198,6 +194,7 @@ class ChatStore:
     async def answer_exists(self, request_id: str) -> bool:
         return bool(
             await self.pool.fetchval(
-                "SELECT true FROM messages WHERE request_id = $1 AND role = 'assistant'", uuid.UUID(request_id)
+                "SELECT true FROM messages WHERE request_id = $1 AND role = 'assistant'",
+                uuid.UUID(request_id),
             )
         )

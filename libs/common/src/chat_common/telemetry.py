@@ -21,20 +21,21 @@ from chat_common.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def setup_tracing(
-    settings: Settings, *, service: str, processor: SpanProcessor | None = None
-) -> TracerProvider:
+def setup_tracing(settings: Settings, *, service: str, processor: SpanProcessor | None = None) -> TracerProvider:
     """Install a tracer provider for this process and return it (the caller shuts it down)."""
-    import os  # noqa: PLC0415
+    import os
 
     resource = Resource.create(
-        {SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service), SERVICE_INSTANCE_ID: settings.instance_id}
+        {
+            SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service),
+            SERVICE_INSTANCE_ID: settings.instance_id,
+        }
     )
     provider = TracerProvider(resource=resource)
     if processor is not None:
         provider.add_span_processor(processor)
     elif settings.otel_exporter_otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         logger.info("exporting traces over OTLP to %s", settings.otel_exporter_otlp_endpoint)

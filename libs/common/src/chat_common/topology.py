@@ -48,9 +48,7 @@ async def declare_requests(channel: AbstractChannel, settings: Settings) -> Abst
     """The request exchange, one quorum queue per chat type, and the dead-letter queue."""
     exchange = await channel.declare_exchange(REQUESTS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
     dead = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
-    dead_queue = await channel.declare_queue(
-        DEAD_LETTER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
-    )
+    dead_queue = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
     await dead_queue.bind(dead)
     for chat_type in CHAT_TYPES:
         queue = await channel.declare_queue(

@@ -24,7 +24,13 @@ def main() -> None:
         app = create_app(settings)
     except ValueError as exc:
         raise SystemExit(f"invalid configuration: {exc}") from exc
-    logger.info("gateway %s on %s:%d (open-files limit %d)", settings.instance_id, settings.host, settings.gateway_port, limit)
+    logger.info(
+        "gateway %s on %s:%d (open-files limit %d)",
+        settings.instance_id,
+        settings.host,
+        settings.gateway_port,
+        limit,
+    )
     uvicorn.run(
         app,
         host=settings.host,

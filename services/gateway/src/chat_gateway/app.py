@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 async def make_admission(settings: Settings) -> AdmissionStore:
     if settings.redis_url:
-        from chat_gateway.redis_admission import RedisAdmission  # noqa: PLC0415
+        from chat_gateway.redis_admission import RedisAdmission
 
         return await RedisAdmission.connect(settings)
     return LocalAdmission()
@@ -67,7 +67,9 @@ def create_app(settings: Settings) -> FastAPI:
                     tasks.create_task(sweep_forever(state)),
                     tasks.create_task(
                         publish_heartbeats(
-                            _telemetry(broker), lambda: heartbeat(state), interval_s=settings.heartbeat_interval / 1000
+                            _telemetry(broker),
+                            lambda: heartbeat(state),
+                            interval_s=settings.heartbeat_interval / 1000,
                         )
                     ),
                 ]

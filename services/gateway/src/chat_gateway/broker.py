@@ -11,8 +11,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import aio_pika
-from pamqp.commands import Basic
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+from pamqp.commands import Basic
 
 from chat_common import topology
 from chat_common.broker import connect
@@ -66,7 +66,12 @@ class GatewayBroker:
                 confirmation = await self._requests.publish(message, routing_key=request.chat_type, mandatory=True)
         except TimeoutError as exc:
             raise self._busy("publish timed out") from exc
-        except (aio_pika.exceptions.AMQPError, aio_pika.exceptions.DeliveryError, ConnectionError, RuntimeError) as exc:
+        except (
+            aio_pika.exceptions.AMQPError,
+            aio_pika.exceptions.DeliveryError,
+            ConnectionError,
+            RuntimeError,
+        ) as exc:
             raise self._busy(f"publish failed: {type(exc).__name__}") from exc
         if not isinstance(confirmation, Basic.Ack | None):
             raise self._busy("publish not confirmed")
@@ -87,7 +92,7 @@ class GatewayBroker:
                     ),
                     routing_key="",
                 )
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort by contract
             logger.warning("cancel not published for request %s", control.request_id or control.connection_id)
 
     async def close(self) -> None:

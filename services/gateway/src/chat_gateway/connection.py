@@ -69,18 +69,18 @@ class Connection:
         try:
             while self._out:
                 await self.websocket.send_text(self._out.popleft())
-        except Exception:  # the peer went away mid-write: the receive loop sees the disconnect
+        except Exception:  # noqa: BLE001 - the peer went away mid-write: the receive loop sees the disconnect
             self.closed = True
             self._out.clear()
         finally:
             self._flusher = None
 
-    async def drain(self, timeout: float = 2.0) -> None:
-        """Wait until the queued frames are written (or ``timeout``)."""
+    async def drain(self, limit_s: float = 2.0) -> None:
+        """Wait until the queued frames are written (or ``limit_s`` seconds)."""
         flusher = self._flusher
         if flusher is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(flusher), timeout)
+                await asyncio.wait_for(asyncio.shield(flusher), limit_s)
 
     async def close(self, code: int, reason: str = "") -> None:
         """Write what is queued, then close with ``code``."""

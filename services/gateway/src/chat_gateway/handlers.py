@@ -184,11 +184,16 @@ class FrameHandler:
             max_tokens=settings.ws_max_tokens,
         )
         await state.store.add_user_message(
-            message_id=request.user_message_id, chat_id=request.chat_id, request_id=request.request_id, content=content
+            message_id=request.user_message_id,
+            chat_id=request.chat_id,
+            request_id=request.request_id,
+            content=content,
         )
         connection.send(
             encode_frame(
-                "message_accepted", {"messageId": request.user_message_id, "chatId": request.chat_id}, frame.requestId
+                "message_accepted",
+                {"messageId": request.user_message_id, "chatId": request.chat_id},
+                frame.requestId,
             )
         )
         pending = PendingRequest(
@@ -208,18 +213,14 @@ class FrameHandler:
             await state.store.mark_request(request.request_id, "failed", error_code=error.code.value)
             error.message_id = request.user_message_id
             raise
-        pending.timer = asyncio.get_running_loop().call_later(
-            settings.request_timeout / 1000, self._timed_out, pending
-        )
+        pending.timer = asyncio.get_running_loop().call_later(settings.request_timeout / 1000, self._timed_out, pending)
 
     def _timed_out(self, pending: PendingRequest) -> None:
         if self.connection.pending.get(pending.request_id) is not pending:
             return
         pending.timer = None
         self.state.router.finish(self.connection, pending, error_code=ErrorCode.TIMEOUT.value)
-        self.connection.send(
-            error_frame(ChatError(ErrorCode.TIMEOUT, message_id=pending.assistant_message_id))
-        )
+        self.connection.send(error_frame(ChatError(ErrorCode.TIMEOUT, message_id=pending.assistant_message_id)))
         task = asyncio.get_running_loop().create_task(
             self.state.broker.publish_control(
                 ControlMessage(kind="cancel", request_id=pending.request_id, reason="cancelled")

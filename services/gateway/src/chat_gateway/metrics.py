@@ -18,7 +18,10 @@ class GatewayMetrics:
             "chat_gateway_frames_received", "Client frames by type", ["type"], registry=self.registry
         )
         self.refusals = Counter(
-            "chat_gateway_refusals", "Refused frames or connections by error code", ["code"], registry=self.registry
+            "chat_gateway_refusals",
+            "Refused frames or connections by error code",
+            ["code"],
+            registry=self.registry,
         )
         self.errors = Counter(
             "chat_gateway_errors", "Error frames sent to clients by code", ["code"], registry=self.registry

@@ -24,7 +24,9 @@ SLOT_TTL_MS = 30_000
 
 _NOW = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
-_ACQUIRE = _NOW + """
+_ACQUIRE = (
+    _NOW
+    + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) == false and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
   return 0
@@ -33,14 +35,20 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
+)
 
-_REFRESH = _NOW + """
+_REFRESH = (
+    _NOW
+    + """
 redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
+)
 
-_HIT = _NOW + """
+_HIT = (
+    _NOW
+    + """
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
@@ -51,6 +59,7 @@ redis.call('ZADD', KEYS[1], now, ARGV[3])
 redis.call('PEXPIRE', KEYS[1], window)
 return -1
 """
+)
 
 
 def _slots_key(user_id: str) -> str:
@@ -104,7 +113,7 @@ class RedisAdmission:
             await asyncio.sleep(SLOT_TTL_MS / 3000)
             try:
                 await self.refresh(list(self._held.items()))
-            except Exception:
+            except Exception:  # noqa: BLE001 - Redis away: slots expire, retried next round
                 logger.warning("could not refresh connection slots in Redis")
 
     async def close(self) -> None:

@@ -31,12 +31,17 @@ async def amain(settings: Settings) -> None:
     provider = make_provider(settings)
     pool = await create_pool(settings.database_url, max_size=settings.database_pool_size)
     metrics = WorkerMetrics()
-    answerer = Answerer(settings, ChatStore(pool), provider, dict(load_prompts(settings)), metrics)
+    answerer = Answerer(
+        settings, ChatStore(pool), provider, {str(k): v for k, v in load_prompts(settings).items()}, metrics
+    )
     worker = Worker(settings, answerer, metrics)
 
     def health() -> tuple[int, dict[str, object]]:
         ok = worker.connected
-        return (200 if ok else 503), {"status": "healthy" if ok else "critical", "inFlight": len(worker._active)}
+        return (200 if ok else 503), {
+            "status": "healthy" if ok else "critical",
+            "inFlight": len(worker._active),
+        }
 
     server = await serve_http(settings.host, settings.worker_metrics_port, metrics.registry, health)
     try:

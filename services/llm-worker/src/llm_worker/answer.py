@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from chat_common.envelopes import ChatRequest
 from chat_common.settings import Settings
@@ -33,7 +33,7 @@ class CancelScope:
 
     request: ChatRequest
     reason: str | None = None
-    task: asyncio.Task[object] | None = field(default=None, repr=False)
+    task: asyncio.Task[Any] | None = field(default=None, repr=False)
 
 
 class Answerer:
@@ -56,9 +56,7 @@ class Answerer:
             request.chat_id, limit=self.settings.history_limit, up_to_message=request.user_message_id
         )
         messages = [PromptMessage("system", self.prompts[request.chat_type])]
-        messages.extend(
-            PromptMessage(m.role, m.content) for m in history if m.content and m.status != "failed"
-        )
+        messages.extend(PromptMessage(m.role, m.content) for m in history if m.content and m.status != "failed")
         return messages
 
     async def answer(self, request: ChatRequest, replies: ReplyStream, scope: CancelScope) -> Outcome:

@@ -24,11 +24,7 @@ class Coalescer:
             self._since = time.monotonic()
         self._parts.append(text)
         self._size += len(text)
-        if (
-            not self._sent_any
-            or self._size >= self.max_chars
-            or time.monotonic() - self._since >= self.interval
-        ):
+        if not self._sent_any or self._size >= self.max_chars or time.monotonic() - self._since >= self.interval:
             # the first delta goes out at once: time to first chunk is what the user feels
             self._sent_any = True
             return self.flush()

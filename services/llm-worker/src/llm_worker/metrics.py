@@ -16,12 +16,16 @@ class WorkerMetrics:
         self.in_flight = Gauge("chat_worker_in_flight", "Requests being answered", registry=self.registry)
         self.tokens = Counter("chat_worker_llm_tokens", "LLM tokens by kind", ["kind"], registry=self.registry)
         self.first_token_seconds = Histogram(
-            "chat_worker_first_token_seconds", "Time from taking a request to the model's first token",
-            buckets=_BUCKETS, registry=self.registry,
+            "chat_worker_first_token_seconds",
+            "Time from taking a request to the model's first token",
+            buckets=_BUCKETS,
+            registry=self.registry,
         )
         self.answer_seconds = Histogram(
-            "chat_worker_answer_seconds", "Time from taking a request to storing its answer",
-            buckets=_BUCKETS, registry=self.registry,
+            "chat_worker_answer_seconds",
+            "Time from taking a request to storing its answer",
+            buckets=_BUCKETS,
+            registry=self.registry,
         )
         self.chunks = Counter("chat_worker_chunks", "Reply chunks published", registry=self.registry)
         self.requests_total = 0

@@ -10,9 +10,10 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from chat_common.settings import Settings
 
@@ -66,7 +67,9 @@ class OpenAIProvider:
         try:
             response = await self.client.chat.completions.create(
                 model=self.model,
-                messages=[{"role": m.role, "content": m.content} for m in messages],  # type: ignore[misc]
+                messages=cast(
+                    "list[ChatCompletionMessageParam]", [{"role": m.role, "content": m.content} for m in messages]
+                ),
                 max_tokens=max_tokens,
                 stream=True,
                 stream_options={"include_usage": True},

@@ -34,13 +34,15 @@ class ReplyStream:
         )
         self._seq += 1
         await self._exchange.publish(
-            aio_pika.Message(frame.encode(), headers=headers.to_amqp(), delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT),
+            aio_pika.Message(
+                frame.encode(), headers=headers.to_amqp(), delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT
+            ),
             routing_key=request.reply_to,
             mandatory=False,
         )
 
     async def start(self) -> None:
-        data = {"messageId": self._request.assistant_message_id, "chatId": self._request.chat_id}
+        data: dict[str, Any] = {"messageId": self._request.assistant_message_id, "chatId": self._request.chat_id}
         if self._attempt > 1:
             data["attempt"] = self._attempt
         await self._publish("start", encode_frame("response_start", data))

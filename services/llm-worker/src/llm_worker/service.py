@@ -111,15 +111,15 @@ class Worker:
             self.metrics.record("duplicate")
             await message.ack()
             return
-        scope = CancelScope(request=request, task=asyncio.current_task())  # type: ignore[arg-type]
+        scope = CancelScope(request=request, task=asyncio.current_task())
         self._active[request.request_id] = scope
         self.metrics.in_flight.inc()
-        attempt = int((message.headers or {}).get("x-delivery-count", 0) or 0) + 1
+        attempt = _delivery_count(message) + 1
         assert self._replies is not None
         replies = ReplyStream(self._replies, request, attempt=attempt)
         token = None
         try:
-            from opentelemetry import context  # noqa: PLC0415
+            from opentelemetry import context
 
             token = context.attach(extract_context(message.headers))
             await self.answerer.answer(request, replies, scope)
@@ -148,11 +148,11 @@ class Worker:
             return
         for scope in list(self._active.values()):
             request = scope.request
-            if control.request_id == request.request_id or control.connection_id == request.connection_id:
-                if scope.reason is None and scope.task is not None:
-                    logger.info("request %s: %s", request.request_id, control.reason)
-                    scope.reason = control.reason
-                    scope.task.cancel()
+            targeted = control.request_id == request.request_id or control.connection_id == request.connection_id
+            if targeted and scope.reason is None and scope.task is not None:
+                logger.info("request %s: %s", request.request_id, control.reason)
+                scope.reason = control.reason
+                scope.task.cancel()
 
     # ------------------------------------------------------------------ shutdown
 
@@ -171,3 +171,9 @@ class Worker:
                 await asyncio.wait(still_running, timeout=5)
         if self.connection is not None:
             await self.connection.close()
+
+
+def _delivery_count(message: AbstractIncomingMessage) -> int:
+    """Earlier deliveries of this message, as the quorum queue counts them."""
+    value = (message.headers or {}).get("x-delivery-count", 0)
+    return value if isinstance(value, int) else 0

@@ -34,7 +34,9 @@ class ClusterView:
     def live(self, role: str | None = None) -> list[Heartbeat]:
         cutoff = time.monotonic() - self.silence_s
         return [
-            v.latest for v in self.instances.values() if v.received >= cutoff and (role is None or v.latest.role == role)
+            v.latest
+            for v in self.instances.values()
+            if v.received >= cutoff and (role is None or v.latest.role == role)
         ]
 
     def forget_silent(self) -> list[str]:

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Run the whole test suite against real RabbitMQ, PostgreSQL and Redis (started here if needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+bash scripts/services.sh
+exec uv run pytest "$@"

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+
+from chat_common.settings import ConfigurationError, load_settings
+
+
+def test_defaults_are_the_original_documents(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("WS_MAX_CONNECTIONS", "WS_RATE_LIMIT_WINDOW", "JWT_ALGORITHMS", "LLM_PROVIDER", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert (
+        settings.ws_max_connections,
+        settings.ws_max_connections_per_user,
+        settings.ws_rate_limit_window,
+        settings.ws_rate_limit_max_messages,
+        settings.ws_cleanup_interval,
+        settings.ws_inactive_timeout,
+        settings.ws_max_payload,
+        settings.ws_max_message_length,
+        settings.ws_max_tokens,
+    ) == (2000, 5, 60000, 30, 300000, 1800000, 16384, 4000, 2000)
+    assert settings.gateway_port == 3000
+    assert settings.monitor_port == 3100
+    assert settings.worker_metrics_port == 3200
+    assert settings.jwt_algorithms == ["HS256"]
+    assert settings.provider == "fake"  # no OPENAI_API_KEY
+
+
+def test_environment_is_read_with_the_spec_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WS_MAX_CONNECTIONS", "3000")
+    monkeypatch.setenv("WS_ALLOWED_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("JWT_ALGORITHMS", "RS256,ES256")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.delenv("LLM_PROVIDER", raising=False)
+    settings = load_settings()
+    assert settings.ws_max_connections == 3000
+    assert settings.ws_allowed_origins == ["https://a.example", "https://b.example"]
+    assert settings.jwt_algorithms == ["RS256", "ES256"]
+    assert settings.provider == "openai"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WS_MAX_CONNECTIONS", "lots"),
+        ("WS_MAX_CONNECTIONS_PER_USER", "0"),
+        ("WS_RATE_LIMIT_WINDOW", "-5"),
+        ("WS_MAX_PAYLOAD", "10"),
+        ("JWT_ALGORITHMS", "HS256,none"),
+        ("LLM_PROVIDER", "llama"),
+        ("LOG_LEVEL", "chatty"),
+        ("GATEWAY_PORT", "70000"),
+    ],
+)
+def test_a_bad_value_stops_start_up_naming_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    assert name in str(raised.value)

@@ -1,0 +1,96 @@
+"""Session-wide real services (RabbitMQ vhost, PostgreSQL database) and process clusters."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tests.support.cluster import Cluster
+from tests.support.processes import ServiceProcess
+from tests.support.services import (
+    Services,
+    drop_database,
+    drop_vhost,
+    make_database,
+    make_vhost,
+    service_url,
+)
+
+
+@pytest.fixture(scope="session")
+async def services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Services]:
+    amqp = service_url("amqp", "AMQP_URL", "amqp://guest:guest@localhost:5672/", 5672)
+    database = service_url("postgres", "DATABASE_URL", "postgresql://postgres@localhost:5432/postgres", 5432)
+    redis = service_url("redis", "REDIS_URL", "redis://localhost:6379/0", 6379)
+    amqp_url, vhost = make_vhost(amqp)
+    database_url, name = await make_database(database)
+    try:
+        yield Services(amqp_url=amqp_url, database_url=database_url, redis_url=redis, vhost=vhost, database=name)
+    finally:
+        await drop_database(database, name)
+        drop_vhost(vhost)
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+async def stack(services: Services, log_dir: Path) -> AsyncIterator[Cluster]:
+    """The shared cluster: fake OpenAI, one gateway, one worker (default settings)."""
+    cluster = Cluster(services, log_dir)
+    try:
+        await cluster.fake_openai()
+        await cluster.gateway()
+        await cluster.worker()
+        yield cluster
+    finally:
+        await cluster.stop_all()
+
+
+@pytest.fixture(scope="session")
+def gateway(stack: Cluster) -> ServiceProcess:
+    return next(p for p in stack.processes if p.name == "gateway")
+
+
+@pytest.fixture
+async def cluster(services: Services, log_dir: Path) -> AsyncIterator[Cluster]:
+    """A cluster of the test's own, in its own RabbitMQ vhost, stopped when the test ends."""
+    amqp_url, vhost = await asyncio.to_thread(make_vhost, services.amqp_url)
+    own = Cluster(dataclasses.replace(services, amqp_url=amqp_url, vhost=vhost), log_dir)
+    try:
+        yield own
+    finally:
+        await own.stop_all()
+        await asyncio.to_thread(drop_vhost, vhost)
+
+
+@pytest.fixture
+async def db(services: Services) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(services.database_url)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI a skipped test is a failure: a missing service must not pass silently."""
+    if _skipped and os.environ.get("CI"):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f"\nCI: {len(_skipped)} test(s) skipped, which fails the run: {_skipped[:5]}")

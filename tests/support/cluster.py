@@ -1,0 +1,119 @@
+"""Start gateways, workers, monitors and the fake OpenAI server as real processes for a test."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tests.support.client import TEST_SECRET
+from tests.support.processes import ServiceProcess, command, free_port
+from tests.support.services import Services
+
+
+class Cluster:
+    """Owns every process it starts; ``stop_all`` ends them (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, services: Services, log_dir: Path) -> None:
+        self.services = services
+        self.log_dir = log_dir
+        self.processes: list[ServiceProcess] = []
+        self.openai_url: str | None = None
+
+    def base_env(self, **overrides: str | int) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("WS_", "OPENAI_", "LLM_", "JWT_", "FAKE_"))}
+        env.update(
+            AMQP_URL=self.services.amqp_url,
+            DATABASE_URL=self.services.database_url,
+            JWT_SECRET=TEST_SECRET,
+            HEARTBEAT_INTERVAL="500",
+            INSTANCE_SILENCE_TIMEOUT="3000",
+            LOG_LEVEL="INFO",
+            HOST="127.0.0.1",
+            DATABASE_POOL_SIZE="5",
+        )
+        if self.openai_url is not None:
+            env.update(
+                LLM_PROVIDER="openai",
+                OPENAI_API_KEY="test-key",
+                OPENAI_BASE_URL=self.openai_url,
+                OPENAI_MODEL="fake-model",
+                OPENAI_MAX_RETRIES="1",
+                OPENAI_TIMEOUT="10",
+            )
+        env.update({key.upper(): str(value) for key, value in overrides.items()})
+        return env
+
+    def _process(self, name: str, argv: list[str], env: dict[str, str], ready_url: str | None) -> ServiceProcess:
+        process = ServiceProcess(name, argv, env, ready_url, self.log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log")
+        self.processes.append(process)
+        return process
+
+    async def fake_openai(self, **env: str | int) -> ServiceProcess:
+        port = free_port()
+        process_env = dict(os.environ)
+        process_env.update({key.upper(): str(value) for key, value in env.items()})
+        process = self._process(
+            "fake-openai",
+            [sys.executable, "-m", "tests.support.fake_openai", "--port", str(port)],
+            process_env,
+            f"http://127.0.0.1:{port}/_requests",
+        )
+        await process.start()
+        process.extra["url"] = f"http://127.0.0.1:{port}/v1"
+        self.openai_url = process.extra["url"]
+        return process
+
+    async def gateway(self, **env: str | int) -> ServiceProcess:
+        port = int(env.pop("gateway_port", free_port()))
+        instance = str(env.pop("instance_id", f"gw-{uuid.uuid4().hex[:8]}"))
+        process = self._process(
+            "gateway",
+            command("chat-gateway"),
+            self.base_env(gateway_port=port, instance_id=instance, **env),
+            f"http://127.0.0.1:{port}/api/websocket/health",
+        )
+        process.extra.update(
+            port=str(port),
+            ws_url=f"ws://127.0.0.1:{port}/ws/chat",
+            http_url=f"http://127.0.0.1:{port}",
+            instance_id=instance,
+        )
+        return await process.start()
+
+    async def worker(self, **env: str | int) -> ServiceProcess:
+        port = int(env.pop("worker_metrics_port", free_port()))
+        instance = str(env.pop("instance_id", f"wk-{uuid.uuid4().hex[:8]}"))
+        process = self._process(
+            "worker",
+            command("llm-worker"),
+            self.base_env(worker_metrics_port=port, instance_id=instance, **env),
+            f"http://127.0.0.1:{port}/health",
+        )
+        process.extra.update(port=str(port), instance_id=instance)
+        return await process.start()
+
+    async def monitor(self, **env: str | int) -> ServiceProcess:
+        port = int(env.pop("monitor_port", free_port()))
+        process = self._process(
+            "monitor",
+            command("chat-monitor"),
+            self.base_env(monitor_port=port, **env),
+            f"http://127.0.0.1:{port}/api/websocket/health",
+        )
+        process.extra.update(port=str(port), http_url=f"http://127.0.0.1:{port}")
+        return await process.start()
+
+    async def openai_requests(self) -> list[dict[str, object]]:
+        assert self.openai_url is not None
+        async with httpx.AsyncClient() as client:
+            response = await client.get(self.openai_url.removesuffix("/v1") + "/_requests")
+            return list(response.json())
+
+    async def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            await process.stop(timeout=10)
+        self.processes.clear()
