@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 bash scripts/services.sh
+bash scripts/ensure-browser.sh
 exec uv run pytest "$@"
