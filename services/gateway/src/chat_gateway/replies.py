@@ -17,6 +17,7 @@ from chat_gateway.broker import GatewayBroker
 from chat_gateway.connection import Connection, PendingRequest
 from chat_gateway.metrics import GatewayMetrics
 from chat_gateway.registry import ConnectionRegistry
+from chat_gateway.tracing import end_message_span, reply_received
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,15 @@ class ReplyRouter:
             return  # a duplicate the broker delivered twice
         pending.next_seq = headers.seq + 1
         connection.send(message.body.decode())
+        self.metrics.frames_sent[headers.kind].inc()
         if headers.kind == "chunk" and pending.first_chunk_at is None:
             pending.first_chunk_at = time.monotonic()
-            self.metrics.first_chunk_seconds.observe(pending.first_chunk_at - pending.started)
+            self.metrics.record_first_chunk(pending.first_chunk_at - pending.started, pending.span)
         elif headers.kind in ("end", "error"):
+            reply_received(pending.span, headers.kind)
             self.finish(connection, pending, error_code="UPSTREAM_ERROR" if headers.kind == "error" else None)
+        elif headers.kind == "start" and pending.span is not None:
+            pending.span.add_event("response_start")
 
     def finish(
         self, connection: Connection, pending: PendingRequest, *, error_code: str | None, record: bool = True
@@ -57,6 +62,8 @@ class ReplyRouter:
         if pending.timer is not None:
             pending.timer.cancel()
         self.metrics.in_flight.dec()
+        outcome = "error" if error_code else "complete" if record else "abandoned"
+        end_message_span(pending.span, error_code=error_code, outcome=outcome)
         if not record:
             return
         elapsed_ms = (time.monotonic() - pending.started) * 1000

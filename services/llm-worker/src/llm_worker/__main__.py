@@ -6,8 +6,11 @@ import asyncio
 import logging
 import signal
 
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
 from chat_common.logs import setup_logging
 from chat_common.process import run
+from chat_common.samples import RequestSampler
 from chat_common.settings import Settings, load_settings
 from chat_common.store import ChatStore, create_pool
 from chat_common.telemetry import setup_tracing
@@ -23,18 +26,20 @@ logger = logging.getLogger("llm_worker")
 SHUTDOWN_GRACE_S = 25.0
 
 
-async def amain(settings: Settings) -> None:
+async def amain(settings: Settings, *, sampler: RequestSampler | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # the OpenAI SDK's HTTP requests (httpx) get client spans under the request's llm.chat span
+    HTTPXClientInstrumentor().instrument()
     provider = make_provider(settings)
     pool = await create_pool(settings.database_url, max_size=settings.database_pool_size)
     metrics = WorkerMetrics()
     answerer = Answerer(
         settings, ChatStore(pool), provider, {str(k): v for k, v in load_prompts(settings).items()}, metrics
     )
-    worker = Worker(settings, answerer, metrics)
+    worker = Worker(settings, answerer, metrics, sampler=sampler)
 
     def health() -> tuple[int, dict[str, object]]:
         ok = worker.connected
@@ -51,6 +56,7 @@ async def amain(settings: Settings) -> None:
         await stop.wait()
         logger.info("worker %s stopping", settings.instance_id)
         beats.cancel()
+        await worker.farewell()
         await worker.stop(grace_s=SHUTDOWN_GRACE_S)
     finally:
         server.close()
@@ -61,8 +67,9 @@ async def amain(settings: Settings) -> None:
 def main() -> None:
     settings = load_settings()
     setup_logging(settings, service="llm-worker")
-    setup_tracing(settings, service="llm-worker")
-    run(amain(settings))
+    sampler = RequestSampler()
+    setup_tracing(settings, service="llm-worker", observers=[sampler])
+    run(amain(settings, sampler=sampler))
 
 
 if __name__ == "__main__":
