@@ -3,7 +3,7 @@
 ``RequestSampler`` is a span processor. A request's root span in a process (the gateway's
 ``chat.message``, the worker's ``process`` span) carries ``chat.sample=True``; the spans that end
 inside its trace before it add their durations to named stages (``chat.stage`` attribute, or the
-instrumentation that made them: asyncpg → ``db``, httpx → ``llm_http``); events on the root span
+instrumentation that made them: asyncpg → ``db``); events on the root span
 and on its descendants (``first_chunk``, ``first_token``) become stages measured from the root's
 start. When the root
 ends, the request becomes a ``RequestSample``; ``take()`` hands the slowest and the failed ones
@@ -25,7 +25,6 @@ SAMPLE_ATTRIBUTE = "chat.sample"
 STAGE_ATTRIBUTE = "chat.stage"
 _SCOPE_STAGES = {
     "opentelemetry.instrumentation.asyncpg": "db",
-    "opentelemetry.instrumentation.httpx": "llm_http",
 }
 _MAX_OPEN_TRACES = 20_000
 

@@ -6,8 +6,6 @@ import asyncio
 import logging
 import signal
 
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-
 from chat_common.logs import setup_logging
 from chat_common.process import run
 from chat_common.samples import RequestSampler
@@ -31,8 +29,6 @@ async def amain(settings: Settings, *, sampler: RequestSampler | None = None) ->
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    # the OpenAI SDK's HTTP requests (httpx) get client spans under the request's llm.chat span
-    HTTPXClientInstrumentor().instrument()
     provider = make_provider(settings)
     pool = await create_pool(settings.database_url, max_size=settings.database_pool_size)
     metrics = WorkerMetrics()

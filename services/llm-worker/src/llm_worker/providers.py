@@ -17,7 +17,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry import trace
 
 from chat_common.settings import Settings
-from llm_worker.tracing import end_llm_span, start_llm_span
+from llm_worker.tracing import end_llm_span, start_llm_span, traced_http_client
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +63,13 @@ class OpenAIProvider:
             base_url=settings.openai_base_url,
             timeout=settings.openai_timeout,
             max_retries=settings.openai_max_retries,
+            http_client=traced_http_client(),
         )
 
     async def stream(self, messages: list[PromptMessage], *, max_tokens: int) -> AsyncIterator[StreamEvent]:
         span = start_llm_span(system="openai", model=self.model, max_tokens=max_tokens)
         try:
-            # current only around the call, so the SDK's HTTP request (httpx span) is its child
+            # current only around the call, so the SDK's HTTP request span is its child
             with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
                 response = await self.client.chat.completions.create(
                     model=self.model,

@@ -2,8 +2,12 @@
 
 ``chat.requests.<type> process`` (CONSUMER) is the child of the gateway's publish span, whose
 context rides in the AMQP headers; the request's task runs with it as the current span, so the
-history query and the stored answer (asyncpg), the model call (``llm.chat`` and the httpx POST
+history query and the stored answer (asyncpg), the model call (``llm.chat`` and the HTTP request
 under it) and the logs join the trace. No span per chunk, no prompt or answer text.
+
+The OpenAI SDK in use sends its requests with ``httpx2``, which the httpx instrumentation does not
+see; ``traced_http_client`` gives the SDK an HTTP client whose event hooks make one CLIENT span per
+HTTP attempt (retries show as separate spans) and send ``traceparent`` to the model server.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import asyncio
 import contextvars
 from typing import Any
 
+import openai
 from aio_pika.abc import AbstractIncomingMessage
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from chat_common.broker import PUBLISHED_HEADER, now_ms
@@ -111,4 +116,39 @@ def end_llm_span(
         span.set_attribute("gen_ai.usage.output_tokens", completion_tokens)
     if error is not None:
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+    span.end()
+
+
+def traced_http_client() -> openai.DefaultAsyncHttpxClient:
+    """The SDK's default async HTTP client, with a span per HTTP attempt."""
+    return openai.DefaultAsyncHttpxClient(event_hooks={"request": [_request_started], "response": [_response_received]})
+
+
+_SPAN_KEY = "chat.otel_span"
+
+
+async def _request_started(request: Any) -> None:
+    url = request.url
+    span = tracer.start_span(
+        f"{request.method} {url.path}",
+        kind=SpanKind.CLIENT,
+        attributes={
+            STAGE_ATTRIBUTE: "llm_http",
+            "http.request.method": request.method,
+            "server.address": url.host or "",
+            "server.port": url.port or (443 if url.scheme == "https" else 80),
+            "url.path": url.path,
+        },
+    )
+    request.extensions[_SPAN_KEY] = span
+    propagate.inject(request.headers, context=trace.set_span_in_context(span))
+
+
+async def _response_received(response: Any) -> None:
+    span = response.request.extensions.pop(_SPAN_KEY, None)
+    if span is None:
+        return
+    span.set_attribute("http.response.status_code", response.status_code)
+    if response.status_code >= 500:
+        span.set_status(Status(StatusCode.ERROR, str(response.status_code)))
     span.end()
