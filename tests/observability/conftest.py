@@ -30,7 +30,7 @@ class Observed:
         return next(p for p in self.cluster.processes if p.name == "monitor")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 async def observed(services: Services, log_dir: Path) -> AsyncIterator[Observed]:
     otlp = await OtlpReceiver().start()
     amqp_url, vhost = await asyncio.to_thread(make_vhost, services.amqp_url)

@@ -71,7 +71,7 @@ def reply_received(span: Span | None, kind: str) -> None:
         "chat.replies receive",
         context=trace.set_span_in_context(span),
         kind=SpanKind.CONSUMER,
-        attributes={STAGE_ATTRIBUTE: "reply", "messaging.system": "rabbitmq", "chat.reply_kind": kind},
+        attributes={"messaging.system": "rabbitmq", "chat.reply_kind": kind},
     ):
         pass
 

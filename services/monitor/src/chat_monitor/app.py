@@ -69,10 +69,15 @@ class MonitorState:
         return metrics_document(self.cluster, report or self.health(), self.queues, self.alerts, self.traces)
 
     def evaluate(self) -> None:
-        """One round of the loop, after the queues were read."""
+        """One round of the loop, after the queues were read.
+
+        Alerts wait one silence timeout after start-up: until then an instance that is alive may
+        simply not have sent its first heartbeat to this monitor yet.
+        """
         self.cluster.sweep()
         report = self.health()
-        self.alerts.evaluate(report.found)
+        if time.time() - self.cluster.started >= self.cluster.silence_s:
+            self.alerts.evaluate(report.found)
         document = self.document(report)
         self.timeline.add(timeline_point(report, document))
         self.metrics.update(document, self.alerts)

@@ -116,10 +116,10 @@ class ClusterView:
         # keep one heartbeat from before the window: the baseline of the window's differences
         while len(view.history) > 2 and view.history[1][0] <= now - self.window_s:
             view.history.popleft()
-        self._forget_replaced(beat.role)
+        self._forget_replaced(beat.role, now)
 
-    def _forget_replaced(self, role: str) -> None:
-        live = len(self.live(role))
+    def _forget_replaced(self, role: str, now: float) -> None:
+        live = len(self.live(role, now=now))
         for gone in [g for g in self.gone.values() if g.role == role and live >= g.live_before]:
             logger.info("%s %s replaced: %d %ss live again", role, gone.instance_id, live, role)
             del self.gone[gone.instance_id]

@@ -13,6 +13,25 @@ from typing import Any
 
 from chat_common.envelopes import RequestSample
 
+_STAGE_ORDER = [
+    "gateway.db",
+    "gateway.publish",
+    "worker.queue_wait",
+    "worker.db",
+    "worker.llm_http",
+    "worker.first_token",
+    "worker.llm",
+    "gateway.response_start",
+    "gateway.first_chunk",
+    "worker.total",
+    "gateway.total",
+]
+"""the order in which a request meets its stages, for reading; unknown stages come last."""
+
+
+def _stage_rank(name: str) -> tuple[int, str]:
+    return (_STAGE_ORDER.index(name) if name in _STAGE_ORDER else len(_STAGE_ORDER), name)
+
 
 @dataclass(slots=True)
 class TraceEntry:
@@ -86,7 +105,7 @@ class TraceBook:
             "startedAt": entry.started_ms,
             "totalMs": round(entry.total_ms, 1),
             "errorCode": entry.error_code,
-            "stages": dict(sorted(entry.stages.items())),
+            "stages": {name: entry.stages[name] for name in sorted(entry.stages, key=_stage_rank)},
             "instances": entry.instances,
             "jaegerUrl": f"{self.jaeger_ui_url}/trace/{entry.trace_id}",
         }
