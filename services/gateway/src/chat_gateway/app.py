@@ -119,6 +119,8 @@ def health_report(state: GatewayState) -> HealthReport:
     ).check(capacity=state.settings.ws_max_connections, thresholds=HealthThresholds())
     if not state.broker.connected:
         report.flag("critical", "not connected to RabbitMQ")
+    if getattr(state.admission, "degraded", False):
+        report.flag("warning", "Redis unreachable: connection and rate limits hold per gateway only")
     return report
 
 
