@@ -60,6 +60,10 @@ class RefreshTokenData(_Data):
     token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
 
 
+class ListChatsData(_Data):
+    limit: Annotated[int, Field(ge=1, le=100)] = 50
+
+
 class EmptyData(_Data):
     pass
 
@@ -99,13 +103,18 @@ class RefreshToken(_Frame):
     data: RefreshTokenData
 
 
+class ListChats(_Frame):
+    type: Literal["list_chats"]
+    data: ListChatsData = ListChatsData()
+
+
 class Ping(_Frame):
     type: Literal["ping"]
     data: EmptyData = EmptyData()
 
 
 ClientFrame = Annotated[
-    JoinChat | SwitchChat | CreateChat | SendMessage | Cancel | RefreshToken | Ping,
+    JoinChat | SwitchChat | CreateChat | SendMessage | Cancel | RefreshToken | ListChats | Ping,
     Field(discriminator="type"),
 ]
 _client_frame: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)
