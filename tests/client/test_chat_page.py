@@ -16,7 +16,6 @@ from playwright.async_api import Page, async_playwright, expect
 from chat_common.settings import Settings
 from chat_gateway.app import create_app
 from tests.support.client import TEST_SECRET
-from tests.support.cluster import Cluster
 from tests.support.processes import ROOT, ServiceProcess
 
 CHROMIUM_ARGS = [
@@ -55,10 +54,9 @@ async def _wait_answer(page: Page, index: int, state: str = "done") -> str:
     return await bubble.locator(".text").inner_text()
 
 
-async def test_chat_in_the_browser(cluster: Cluster, tmp_path: Path) -> None:
-    await cluster.fake_openai()
-    gateway = await cluster.gateway(DEV_TOKENS_ENABLED="true", WS_RATE_LIMIT_MAX_MESSAGES=4)
-    await cluster.worker(CHUNK_COALESCE_MS=20)
+async def test_chat_in_the_browser(client_gateway: ServiceProcess, tmp_path: Path) -> None:
+    """Against a gateway with development tokens on and 4 messages per window (tests/client/conftest.py)."""
+    gateway = client_gateway
     user = f"browser-{uuid.uuid4().hex[:6]}"
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
