@@ -69,6 +69,11 @@ class ResponseStartData(_Data):
     chatId: str
     userMessageId: str | None = Field(default=None, description="the question this answers")
     attempt: int | None = Field(default=None, description="present from the second delivery of a request on")
+    resumed: bool | None = Field(
+        default=None,
+        description="true when the answer continues on this connection after a reconnect (join_chat with "
+        "messageId and lastSeq): the chunks after lastSeq follow",
+    )
 
 
 class ResponseChunkData(_Data):

@@ -22,6 +22,7 @@ from chat_gateway.admission import AdmissionStore, LocalAdmission
 from chat_gateway.auth import TokenVerifier
 from chat_gateway.broker import GatewayBroker
 from chat_gateway.metrics import GatewayMetrics
+from chat_gateway.page import mount_chat_page
 from chat_gateway.registry import ConnectionRegistry
 from chat_gateway.replies import ReplyRouter
 from chat_gateway.session import serve
@@ -99,6 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(app.state.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    mount_chat_page(app, settings)
     return app
 
 
