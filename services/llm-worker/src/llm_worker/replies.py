@@ -63,7 +63,12 @@ class ReplyStream:
             await self._send(kind, build(seq), seq, code)
 
     def _start_frame(self, *, resumed: bool = False) -> str:
-        data: dict[str, Any] = {"messageId": self._request.assistant_message_id, "chatId": self._request.chat_id}
+        request = self._request
+        data: dict[str, Any] = {
+            "messageId": request.assistant_message_id,
+            "chatId": request.chat_id,
+            "userMessageId": request.user_message_id,
+        }
         if self._attempt > 1:
             data["attempt"] = self._attempt
         if resumed:
