@@ -75,6 +75,7 @@ async def start_stage(args: argparse.Namespace, log_dir: Path) -> Stage:
         amqp_url=amqp.url(amqp_url), database_url=database.url(database_url), redis_url="", vhost=vhost, database=name
     )
     cluster = Cluster(services, log_dir)
+    cluster.start_timeout = 120  # a loaded machine starts slowly
     env: dict[str, str | int] = {
         "LLM_PROVIDER": "fake",
         "FAKE_LLM_FIRST_TOKEN_MS": 150,
@@ -88,14 +89,18 @@ async def start_stage(args: argparse.Namespace, log_dir: Path) -> Stage:
         "RESUME_GRACE": 15_000,
         "LOG_LEVEL": "WARNING",
     }
-    ports = [free_port() for _ in range(args.gateways)]
-    started = await asyncio.gather(
-        *(cluster.gateway(gateway_port=port, **env) for port in ports),
-        *(cluster.worker(**env) for _ in range(args.workers)),
-    )
-    gateways = dict(zip(ports, started[: args.gateways], strict=True))
-    workers = list(started[args.gateways :])
-    return Stage(cluster, amqp, database, services, ports, gateways, workers, env, database_url)
+    stage = Stage(cluster, amqp, database, services, [], {}, [], env, database_url)
+    try:
+        for _ in range(args.gateways):
+            port = free_port()
+            stage.gateway_ports.append(port)
+            stage.gateways[port] = await cluster.gateway(gateway_port=port, **env)
+        for _ in range(args.workers):
+            stage.workers.append(await cluster.worker(**env))
+    except BaseException:
+        await stop_stage(stage, args)
+        raise
+    return stage
 
 
 async def stop_stage(stage: Stage, args: argparse.Namespace) -> None:

@@ -105,7 +105,8 @@ class ResilientClient:
         chunks: list[str] = []
         last_seq = -1
         try:
-            if self.ws is None:
+            if self.ws is None:  # the previous connection closed between questions
+                self.reconnects += 1
                 await self._connect(deadline=deadline)
             assert self.ws is not None
             try:
