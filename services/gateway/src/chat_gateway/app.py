@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
         pool = await create_pool(settings.database_url, max_size=settings.database_pool_size)
         registry, metrics = ConnectionRegistry(), GatewayMetrics()
         broker = GatewayBroker(settings)
-        router = ReplyRouter(registry, broker, metrics)
+        router = ReplyRouter(registry, broker, metrics, request_timeout_s=settings.request_timeout / 1000)
         admission = await make_admission(settings)
         state = GatewayState(
             settings=settings,

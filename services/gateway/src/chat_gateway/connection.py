@@ -33,6 +33,8 @@ class PendingRequest:
     started: float
     timer: asyncio.TimerHandle | None = None
     next_seq: int = 0
+    attempt: int = 0
+    """the request's delivery whose frames are being forwarded (0 before the first frame)."""
     first_chunk_at: float | None = None
 
 
@@ -49,6 +51,8 @@ class Connection:
     chat_type: ChatType | None = None
     last_activity: float = field(default_factory=time.monotonic)
     pending: dict[str, PendingRequest] = field(default_factory=dict)
+    resumes: dict[str, PendingRequest] = field(default_factory=dict)
+    """answers this connection asked to resume, by message id, until the worker's replay arrives."""
     closed: bool = False
     _out: deque[str] = field(default_factory=deque)
     _flusher: asyncio.Task[None] | None = None
