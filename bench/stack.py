@@ -181,3 +181,17 @@ def median(values: list[float]) -> float:
 
 def fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}{unit}"
+
+
+def load_note() -> str:
+    """The machine's load average now: the benchmarks share 2 cores with whatever else runs."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min) / {five:.1f} (5 min) on {os.cpu_count()} cores"
+
+
+def save(name: str, document: dict[str, Any]) -> Path:
+    folder = ROOT / "bench" / "results"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(document, indent=2))
+    return path

@@ -54,12 +54,24 @@ def parse_uuid(value: str) -> uuid.UUID | None:
 async def create_pool(dsn: str, *, max_size: int = 10, migrate: bool = True) -> asyncpg.Pool:
     """A connection pool; with ``migrate`` the schema is brought up to date first."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=max_size, command_timeout=10, max_inactive_connection_lifetime=60
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        command_timeout=10,
+        max_inactive_connection_lifetime=60,
+        reset=_keep_session,
     )
     if migrate:
         async with pool.acquire() as connection:
             await apply_migrations(connection)
     return pool
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Release without the default reset query (``RESET ALL``, ``UNLISTEN *``, ``CLOSE ALL``,
+    ``pg_advisory_unlock_all()``): one more round trip for every query, and this code sets no session
+    state, listens to nothing and holds no advisory lock past the migration, which unlocks its own.
+    An open transaction is still rolled back by asyncpg before this runs."""
 
 
 class ChatStore:

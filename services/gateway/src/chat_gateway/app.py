@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
 
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, Response
@@ -84,7 +85,16 @@ def create_app(settings: Settings) -> FastAPI:
             await admission.close()
             await pool.close()
 
-    app = FastAPI(title="chat-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="chat-gateway",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        # FastAPI's own telemetry would hold a span (and its operation spans) open for the whole life
+        # of every WebSocket connection: memory per connection and a trace that lasts for hours.
+        # Messages are traced one by one from the publish on; HTTP requests keep their spans.
+        telemetry={"exclude": _is_websocket},
+    )
 
     @app.websocket("/ws/chat")
     async def chat_socket(websocket: WebSocket) -> None:
@@ -100,6 +110,10 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(generate_latest(app.state.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _is_websocket(scope: MutableMapping[str, Any]) -> bool:
+    return bool(scope.get("type") == "websocket")
 
 
 def _telemetry(broker: GatewayBroker):  # type: ignore[no-untyped-def]
