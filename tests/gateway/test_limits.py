@@ -246,6 +246,15 @@ async def test_invalid_frames_keep_the_connection_open(url: str) -> None:
     await client.close()
 
 
+async def test_text_that_is_not_utf8_fails_the_connection(url: str) -> None:
+    client = await joined(url, make_token(user("utf8")))
+    await client.ws.send(b'{"type":"ping","x":"\xff"}', text=True)
+    ending = await until_closed(client)
+    assert ending.errors == ["INVALID_MESSAGE"]
+    assert ending.code == 1007  # RFC 6455 §8.1
+    assert ending.reason == "INVALID_MESSAGE"
+
+
 # ---------------------------------------------------------------------------- frame size
 
 

@@ -18,6 +18,7 @@ from chat_common.frames import (
     ClientFrame,
     CreateChat,
     JoinChat,
+    ListChats,
     Ping,
     RefreshToken,
     SendMessage,
@@ -79,6 +80,9 @@ class FrameHandler:
                 await self.cancel(frame)
             case RefreshToken():
                 await self.refresh_token(frame)
+            case ListChats():
+                chats = await self.state.store.list_chats(self._user(), limit=frame.data.limit)
+                self.connection.send(encode_frame("chats", {"chats": chats}, frame.requestId))
 
     # ------------------------------------------------------------------ authentication
 

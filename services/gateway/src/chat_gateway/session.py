@@ -23,7 +23,7 @@ from chat_gateway.connection import Connection
 from chat_gateway.handlers import FrameHandler
 from chat_gateway.refusals import Refusal, reason_of, record_refusal
 from chat_gateway.state import GatewayState
-from chat_gateway.ws_protocol import PAYLOAD_TOO_LARGE_REASON
+from chat_gateway.ws_protocol import INVALID_UTF8_REASON, PAYLOAD_TOO_LARGE_REASON
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +78,16 @@ async def _refuse(state: GatewayState, connection: Connection, error: ChatError,
 
 
 def _ended(state: GatewayState, connection: Connection, message: Message) -> bool:
-    """Whether ``message`` ends the connection; a frame over ``WS_MAX_PAYLOAD`` is counted here
-    (the WebSocket layer already told the client, see ``ws_protocol``)."""
+    """Whether ``message`` ends the connection. Frames the WebSocket layer refused (over
+    ``WS_MAX_PAYLOAD``, or text that is not UTF-8) are counted here; the client has been told
+    already (see ``ws_protocol``)."""
     if message["type"] != "websocket.disconnect":
         return False
-    if message.get("code") == 1009 and message.get("reason") == PAYLOAD_TOO_LARGE_REASON:
+    code, reason = message.get("code"), message.get("reason")
+    if code == 1009 and reason == PAYLOAD_TOO_LARGE_REASON:
         record_refusal(state.metrics, connection, ErrorCode.PAYLOAD_TOO_LARGE.value, "frame_size")
+    elif code == 1007 and reason == INVALID_UTF8_REASON:
+        record_refusal(state.metrics, connection, ErrorCode.INVALID_MESSAGE.value, "invalid_utf8")
     return True
 
 

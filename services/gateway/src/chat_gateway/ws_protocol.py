@@ -1,4 +1,4 @@
-"""uvicorn's sans-I/O WebSocket protocol, told to say ``PAYLOAD_TOO_LARGE`` the spec's way.
+"""uvicorn's sans-I/O WebSocket protocol, told to refuse oversized and non-UTF-8 frames the spec's way.
 
 The frame limit (``WS_MAX_PAYLOAD``) is enforced by the ``websockets`` parser itself: it reads a
 frame's header, sees the announced length is over the limit (counting earlier fragments of the same
@@ -13,13 +13,18 @@ buffered whole. Stock uvicorn then closes with 1009 and the parser's own reason.
   away the error and close frames before the client reads them.
 
 The ASGI application sees ``websocket.disconnect`` with code 1009 and reason ``PAYLOAD_TOO_LARGE``.
+
+A text frame that is not valid UTF-8 fails the connection the same way, with ``INVALID_MESSAGE`` and
+close code 1007 as RFC 6455 requires (stock uvicorn logs a traceback for each such frame).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from uvicorn._types import ASGIReceiveEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import CloseCode
@@ -30,19 +35,36 @@ from chat_common.errors import ChatError, ErrorCode
 from chat_common.frames import error_frame
 
 PAYLOAD_TOO_LARGE_REASON = ErrorCode.PAYLOAD_TOO_LARGE.value
+INVALID_UTF8_REASON = ErrorCode.INVALID_MESSAGE.value
 LINGER_S = 2.0
 """how long a failed connection keeps draining the peer's data before the socket is closed."""
 
 
 class _GatewayServerProtocol(ServerProtocol):
     def fail(self, code: CloseCode | int, reason: str = "") -> None:
-        if code == CloseCode.MESSAGE_TOO_BIG:
+        """Fail the connection; for the two failures a client can cause with a frame's content, say
+        which spec error it was, in an error frame and as the close reason."""
+        refusal = _REFUSALS.get(code)
+        if refusal is not None:
+            error = refusal(self.max_message_size)
+            reason = error.code.value
             if self.state is OPEN:
-                text = f"Payload too large: frames are limited to {self.max_message_size} bytes"
-                error = ChatError(ErrorCode.PAYLOAD_TOO_LARGE, text)
                 self.send_text(error_frame(error).encode())
-            reason = PAYLOAD_TOO_LARGE_REASON
         super().fail(code, reason)
+
+
+def _payload_too_large(limit: int | None) -> ChatError:
+    return ChatError(ErrorCode.PAYLOAD_TOO_LARGE, f"Payload too large: frames are limited to {limit} bytes")
+
+
+def _invalid_utf8(_: int | None) -> ChatError:
+    return ChatError(ErrorCode.INVALID_MESSAGE, "Invalid message: text frame is not valid UTF-8")
+
+
+_REFUSALS: dict[int, Callable[[int | None], ChatError]] = {
+    CloseCode.MESSAGE_TOO_BIG: _payload_too_large,
+    CloseCode.INVALID_DATA: _invalid_utf8,
+}
 
 
 class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -63,6 +85,29 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             logger=logging.getLogger("uvicorn.error"),
         )
         self._failed = False
+
+    def send_receive_event_to_app(self) -> None:
+        # uvicorn's own version logs a traceback at ERROR for every text frame that is not UTF-8 and
+        # raises if the connection is already closing; here such a frame fails the connection with
+        # 1007 (RFC 6455 §8.1) quietly, like any other protocol error.
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:
+            return
+        message: ASGIReceiveEvent
+        if self.curr_msg_data_type == "text":
+            try:
+                message = {"type": "websocket.receive", "text": data.decode(), "bytes": None}
+            except UnicodeDecodeError:
+                self.conn.fail(CloseCode.INVALID_DATA)
+                self.handle_parser_exception()
+                return
+        else:
+            message = {"type": "websocket.receive", "bytes": data, "text": None}
+        self.queue.put_nowait(message)
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
 
     def handle_parser_exception(self) -> None:
         # ``data_received`` calls this for every chunk once the parser has failed; act once.
