@@ -1,7 +1,9 @@
-"""One simulated client connection: open, join a chat, ask questions and check every answer.
+"""One simulated client connection on the project's Python client (``chat_client``): open, join a
+chat, ask questions and check every answer.
 
-An answer is *complete* when its chunks arrive in sequence order (1, 2, ...) under one message id and
-their deltas add up to exactly the ``content`` of ``response_end``.
+The client does not reconnect here (``NO_RECONNECT``): a dropped connection is a finding to count,
+not something to hide. An answer is *complete* when its chunks arrive in sequence order (1, 2, ...)
+and their deltas add up to exactly the ``content`` of ``response_end``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import itertools
 import time
 from dataclasses import dataclass
 
-from chat_loadtest.connection import ConnectionLost, FrameConnection
+from websockets.exceptions import InvalidHandshake
+
+from chat_client import NO_RECONNECT, AnswerChunk, ChatClient, ChatClientError, ServerError
 from chat_loadtest.stats import Recorder
 
 _questions = itertools.count()
@@ -41,105 +45,102 @@ class SimConnection:
         self.chat_type = chat_type
         self.recorder = recorder
         self.answer_timeout = answer_timeout
-        self.conn: FrameConnection | None = None
+        self.client: ChatClient | None = None
         self.busy = False
-        self.alive = False
+
+    @property
+    def alive(self) -> bool:
+        return self.client is not None and self.client.connected
 
     async def open_and_join(self, *, join_timeout: float) -> bool:
         """Open the socket and join a new chat; counts the outcome. ``True`` when joined."""
         rec = self.recorder
         started = time.monotonic()
+        client = ChatClient(
+            self.url,
+            self.token,
+            chat_type="documents" if self.chat_type == "documents" else "messages",
+            reconnect=NO_RECONNECT,
+            open_timeout=join_timeout,
+            request_timeout=self.answer_timeout,
+            # the gateway pings every WS_PING_INTERVAL and the library answers; pings of our own
+            # would only add frames to every one of thousands of sockets
+            ping_interval=None,
+        )
         try:
-            self.conn = await FrameConnection.open(self.url, open_timeout=join_timeout)
-        except ConnectionLost as exc:
-            rec.connections_refused[exc.reason] += 1
+            await client.open()
+        except ServerError as exc:
+            rec.connections_refused[exc.code] += 1
             return False
+        except InvalidHandshake as exc:
+            rec.connections_refused[f"handshake: {type(exc).__name__}"] += 1
+            return False
+        except TimeoutError:
+            rec.connections_refused["connect timeout"] += 1
+            return False
+        except (OSError, ChatClientError) as exc:
+            rec.connections_refused[f"connect: {getattr(exc, 'strerror', None) or type(exc).__name__}"] += 1
+            return False
+        self.client = client
         rec.connections_opened += 1
-        try:
-            await self.conn.send({"type": "join_chat", "data": {"token": self.token, "chatType": self.chat_type}})
-            async with asyncio.timeout(join_timeout):
-                frame = await self.conn.recv()
-        except (ConnectionLost, TimeoutError) as exc:
-            rec.connections_refused[getattr(exc, "reason", "join timeout")] += 1
-            await self.close()
-            return False
-        if frame.get("type") != "chat_joined":
-            rec.connections_refused[str(frame.get("data", {}).get("code", frame.get("type")))] += 1
-            await self.close()
-            return False
         rec.connections_joined += 1
         rec.join_ms.append((time.monotonic() - started) * 1000)
-        self.alive = True
         return True
 
     async def ask(self) -> Outcome:
         """Send one question and follow its answer to the end; records timings and the outcome."""
-        assert self.conn is not None
+        assert self.client is not None
         rec = self.recorder
         self.busy = True
         number = next(_questions)
-        sent = time.monotonic()
         rec.sent += 1
         try:
-            await self.conn.send(
-                {"type": "send_message", "data": {"content": f"{QUESTIONS[number % len(QUESTIONS)]} (#{number})"}}
-            )
             async with asyncio.timeout(self.answer_timeout):
-                outcome = await self._follow(sent)
+                return await self._follow(f"{QUESTIONS[number % len(QUESTIONS)]} (#{number})")
+        except ServerError as exc:
+            rec.errors[exc.code] += 1
+            return Outcome(exc.code, exc.retry_after_ms)
         except TimeoutError:
             rec.errors["CLIENT_TIMEOUT"] += 1
-            outcome = Outcome("CLIENT_TIMEOUT")
-        except ConnectionLost as exc:
+            return Outcome("CLIENT_TIMEOUT")
+        except ChatClientError as exc:
             rec.errors["CONNECTION_LOST"] += 1
-            rec.connections_lost[exc.reason] += 1
-            self.alive = False
-            outcome = Outcome("lost")
+            rec.connections_lost[f"{type(exc).__name__} {self.client.last_close_code}"] += 1
+            return Outcome("lost")
         except asyncio.CancelledError:
             rec.unfinished += 1
             raise
         finally:
             self.busy = False
-        return outcome
 
-    async def _follow(self, sent: float) -> Outcome:
-        assert self.conn is not None
+    async def _follow(self, content: str) -> Outcome:
+        assert self.client is not None
         rec = self.recorder
-        message_id: str | None = None
+        answer = await self.client.send(content)
+        assert answer.accepted_at is not None
+        rec.accepted_ms.append((answer.accepted_at - answer.sent_at) * 1000)
+        next_seq, in_order = 1, True
         parts: list[str] = []
-        next_seq = 1
-        in_order = True
-        while True:
-            frame = await self.conn.recv()
-            kind, data = frame.get("type"), frame.get("data") or {}
-            elapsed = (time.monotonic() - sent) * 1000
-            if kind == "message_accepted":
-                rec.accepted_ms.append(elapsed)
-            elif kind == "response_start":
-                message_id = data.get("messageId")
-            elif kind == "response_chunk" and data.get("messageId") == message_id:
-                if not parts:
-                    rec.first_chunk_ms.append(elapsed)
-                in_order = in_order and data.get("seq") == next_seq
+        async for event in answer:
+            if isinstance(event, AnswerChunk):
+                if not parts and answer.first_chunk_at is not None:
+                    rec.first_chunk_ms.append((answer.first_chunk_at - answer.sent_at) * 1000)
+                in_order = in_order and event.seq == next_seq
                 next_seq += 1
-                parts.append(str(data.get("delta", "")))
+                parts.append(event.delta)
                 rec.chunks += 1
-            elif kind == "response_end" and data.get("messageId") == message_id:
-                rec.end_ms.append(elapsed)
-                whole = "".join(parts) == data.get("content")
-                if in_order and whole and data.get("finishReason") != "cancelled":
-                    rec.answered += 1
-                    return Outcome("answered")
-                rec.incomplete += 1
-                return Outcome("incomplete")
-            elif kind == "error":
-                code = str(data.get("code", "UNKNOWN"))
-                rec.errors[code] += 1
-                retry = data.get("retryAfterMs")
-                return Outcome(code, retry if isinstance(retry, int) else None)
+                continue
+            rec.end_ms.append(((answer.ended_at or time.monotonic()) - answer.sent_at) * 1000)
+            if in_order and "".join(parts) == event.content and event.finish_reason != "cancelled":
+                rec.answered += 1
+                return Outcome("answered")
+            rec.incomplete += 1
+            return Outcome("incomplete")
+        rec.incomplete += 1  # pragma: no cover - the iteration ends with the AnswerEnd or raises
+        return Outcome("incomplete")
 
     async def close(self) -> None:
-        self.alive = False
-        if self.conn is not None:
+        client, self.client = self.client, None
+        if client is not None:
             with contextlib.suppress(Exception):  # closing a socket that is already gone
-                await self.conn.close()
-            self.conn = None
+                await client.close()
