@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
 
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, Response
@@ -85,7 +86,16 @@ def create_app(settings: Settings) -> FastAPI:
             await admission.close()
             await pool.close()
 
-    app = FastAPI(title="chat-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="chat-gateway",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        # FastAPI's own telemetry would hold a span (and its operation spans) open for the whole life
+        # of every WebSocket connection: memory per connection and a trace that lasts for hours.
+        # Messages are traced one by one from the publish on; HTTP requests keep their spans.
+        telemetry={"exclude": _is_websocket},
+    )
 
     @app.websocket("/ws/chat")
     async def chat_socket(websocket: WebSocket) -> None:
@@ -102,6 +112,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     mount_chat_page(app, settings)
     return app
+
+
+def _is_websocket(scope: MutableMapping[str, Any]) -> bool:
+    return bool(scope.get("type") == "websocket")
 
 
 def _telemetry(broker: GatewayBroker):  # type: ignore[no-untyped-def]
