@@ -21,7 +21,8 @@ CHAT_TYPES: tuple[ChatType, ...] = ("documents", "messages")
 
 # Ids are opaque to clients; bound their size so that a hostile id costs nothing.
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-RequestId = Annotated[str, StringConstraints(max_length=128)] | int
+# Echoed back as given, so it must be encodable: at most 64-bit integers.
+RequestId = Annotated[str, StringConstraints(max_length=128)] | Annotated[int, Field(ge=-(2**63), lt=2**63)]
 
 
 class _Data(BaseModel):
@@ -32,7 +33,7 @@ class JoinChatData(_Data):
     token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
     chatType: ChatType
     chatId: Id | None = None
-    lastSeq: Annotated[int, Field(ge=0)] | None = None
+    lastSeq: Annotated[int, Field(ge=0, lt=2**63)] | None = None
     """with ``messageId`` of the answer being streamed: resume after this chunk sequence number."""
     messageId: Id | None = None
 
@@ -57,6 +58,10 @@ class CancelData(_Data):
 
 class RefreshTokenData(_Data):
     token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+
+
+class ListChatsData(_Data):
+    limit: Annotated[int, Field(ge=1, le=100)] = 50
 
 
 class EmptyData(_Data):
@@ -98,13 +103,18 @@ class RefreshToken(_Frame):
     data: RefreshTokenData
 
 
+class ListChats(_Frame):
+    type: Literal["list_chats"]
+    data: ListChatsData = ListChatsData()
+
+
 class Ping(_Frame):
     type: Literal["ping"]
     data: EmptyData = EmptyData()
 
 
 ClientFrame = Annotated[
-    JoinChat | SwitchChat | CreateChat | SendMessage | Cancel | RefreshToken | Ping,
+    JoinChat | SwitchChat | CreateChat | SendMessage | Cancel | RefreshToken | ListChats | Ping,
     Field(discriminator="type"),
 ]
 _client_frame: TypeAdapter[ClientFrame] = TypeAdapter(ClientFrame)

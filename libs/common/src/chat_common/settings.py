@@ -47,11 +47,16 @@ class Settings(BaseSettings):
     """ms an unauthenticated socket has to send ``join_chat``."""
     ws_ping_interval: PositiveInt = 20_000
     """ms between WebSocket protocol pings; a peer that misses one for as long is dropped."""
+    ws_max_unauthenticated_per_address: PositiveInt = 256
+    """sockets one client address may hold open before sending ``join_chat``."""
 
     # --- infrastructure ---
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     database_url: str = "postgresql://postgres@localhost:5432/postgres"
     redis_url: str | None = None
+    redis_slot_ttl: Annotated[int, Field(ge=300)] = 30_000
+    """ms a gateway's connection slots live in Redis without a refresh: how long the slots of a
+    gateway that died keep counting against its users."""
     database_pool_size: PositiveInt = 10
 
     # --- authentication (SPEC §6) ---

@@ -11,6 +11,7 @@ from chat_common.process import raise_nofile_limit
 from chat_common.settings import load_settings
 from chat_common.telemetry import setup_tracing
 from chat_gateway.app import create_app
+from chat_gateway.ws_protocol import GatewayWebSocketProtocol
 
 logger = logging.getLogger("chat_gateway")
 
@@ -36,7 +37,7 @@ def main() -> None:
         host=settings.host,
         port=settings.gateway_port,
         loop="uvloop",
-        ws="websockets-sansio",
+        ws=GatewayWebSocketProtocol,
         ws_max_size=settings.ws_max_payload,
         ws_per_message_deflate=False,
         ws_ping_interval=settings.ws_ping_interval / 1000,

@@ -60,14 +60,16 @@ class LocalAdmission:
         while hits and hits[0] <= now - window:
             hits.popleft()
         if len(hits) >= limit:
-            return max(1, math.ceil((hits[0] + window - now) * 1000))
+            # the message that frees a place is the one ``limit`` places before the end
+            freeing = hits[len(hits) - limit]
+            return max(1, math.ceil((freeing + window - now) * 1000))
         hits.append(now)
         return None
 
-    def forget_idle(self) -> None:
-        """Drop empty rate logs (called by the cleanup sweep)."""
-        now = time.monotonic()
-        for user_id in [u for u, h in self._hits.items() if not h or h[-1] < now - 3600]:
+    def forget_idle(self, window_ms: int) -> None:
+        """Drop the rate logs with no hit inside the window (called by the cleanup sweep)."""
+        oldest = time.monotonic() - window_ms / 1000
+        for user_id in [u for u, h in self._hits.items() if not h or h[-1] <= oldest]:
             del self._hits[user_id]
 
     async def close(self) -> None:

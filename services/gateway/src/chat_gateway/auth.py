@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import jwt
 
-from chat_common.errors import ChatError, ErrorCode
+from chat_common.errors import ErrorCode
 from chat_common.settings import Settings
+from chat_gateway.refusals import Refusal
 
 _ASYMMETRIC_PREFIXES = ("RS", "ES", "PS", "Ed")
 
@@ -67,10 +68,12 @@ class TokenVerifier:
                 options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError as exc:
-            raise ChatError(ErrorCode.UNAUTHORIZED, "Unauthorized: token expired") from exc
+            raise Refusal(ErrorCode.UNAUTHORIZED, "Unauthorized: token expired", reason="token_expired") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise Refusal(ErrorCode.UNAUTHORIZED, "Unauthorized: token not yet valid", reason="token_early") from exc
         except jwt.PyJWTError as exc:
-            raise ChatError(ErrorCode.UNAUTHORIZED, "Unauthorized: invalid token") from exc
+            raise Refusal(ErrorCode.UNAUTHORIZED, "Unauthorized: invalid token", reason="invalid_token") from exc
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject or len(subject) > 256:
-            raise ChatError(ErrorCode.UNAUTHORIZED, "Unauthorized: invalid token subject")
+            raise Refusal(ErrorCode.UNAUTHORIZED, "Unauthorized: invalid token subject", reason="invalid_token")
         return Identity(user_id=subject, expires_at=float(claims["exp"]))

@@ -43,6 +43,8 @@ class Connection:
     client_address: str
     user_id: str | None = None
     token_expires_at: float = 0.0
+    expiry_timer: asyncio.TimerHandle | None = None
+    """closes the connection when its token expires (re-armed by ``refresh_token``)."""
     chat_id: str | None = None
     chat_type: ChatType | None = None
     last_activity: float = field(default_factory=time.monotonic)

@@ -18,6 +18,7 @@ from chat_common.frames import (
     ClientFrame,
     CreateChat,
     JoinChat,
+    ListChats,
     Ping,
     RefreshToken,
     SendMessage,
@@ -27,12 +28,16 @@ from chat_common.frames import (
     pong_frame,
 )
 from chat_common.store import Chat
+from chat_gateway.auth import Identity
 from chat_gateway.connection import Connection, PendingRequest
+from chat_gateway.refusals import Refusal, is_refusal, reason_of, record_refusal
 from chat_gateway.state import GatewayState
 
 logger = logging.getLogger(__name__)
 
 RequestIdT = str | int | None
+
+_MAX_TIMER_S = 3600.0
 
 
 def normalise_content(text: str) -> str:
@@ -45,6 +50,7 @@ class FrameHandler:
     def __init__(self, state: GatewayState, connection: Connection) -> None:
         self.state = state
         self.connection = connection
+        self._closing: asyncio.Task[None] | None = None
 
     async def dispatch(self, frame: ClientFrame) -> None:
         """Run one frame; a ``ChatError`` becomes an error frame and the connection stays open
@@ -52,10 +58,7 @@ class FrameHandler:
         try:
             await self._run(frame)
         except ChatError as error:
-            self.state.metrics.errors.labels(error.code.value).inc()
-            self.connection.send(error_frame(error, frame.requestId))
-            if error.close_code is not None:
-                await self.connection.close(error.close_code, error.message[:120])
+            await self.reject(error, frame.requestId)
         except Exception:
             logger.exception("connection %s: %s failed", self.connection.id, frame.type)
             self.state.metrics.errors.labels(ErrorCode.INTERNAL.value).inc()
@@ -77,8 +80,20 @@ class FrameHandler:
                 await self.cancel(frame)
             case RefreshToken():
                 await self.refresh_token(frame)
+            case ListChats():
+                chats = await self.state.store.list_chats(self._user(), limit=frame.data.limit)
+                self.connection.send(encode_frame("chats", {"chats": chats}, frame.requestId))
 
     # ------------------------------------------------------------------ authentication
+
+    async def reject(self, error: ChatError, request_id: RequestIdT = None) -> None:
+        """Tell the client; count and log a refusal; close the connection if the code says so."""
+        if is_refusal(error):
+            record_refusal(self.state.metrics, self.connection, error.code.value, reason_of(error))
+        self.state.metrics.errors.labels(error.code.value).inc()
+        self.connection.send(error_frame(error, request_id))
+        if error.close_code is not None:
+            await self.connection.close(error.close_code, error.message[:120])
 
     async def authenticate(self, frame: JoinChat) -> None:
         """Verify the token and take a user slot; raises ``ChatError`` that closes the connection."""
@@ -87,28 +102,58 @@ class FrameHandler:
         if not await self.state.admission.acquire_connection(
             identity.user_id, self.connection.id, settings.ws_max_connections_per_user
         ):
-            raise ChatError(ErrorCode.TOO_MANY_CONNECTIONS)
+            raise Refusal(ErrorCode.TOO_MANY_CONNECTIONS, reason="per_user")
         self.connection.user_id = identity.user_id
-        self.connection.token_expires_at = identity.expires_at
         self.state.registry.bind_user(self.connection)
         self.state.metrics.users.set(self.state.registry.users)
+        self._arm_expiry(identity)
 
     async def refresh_token(self, frame: RefreshToken) -> None:
-        identity = self.state.verifier.verify(frame.data.token)
-        if identity.user_id != self.connection.user_id:
-            raise ChatError(ErrorCode.UNAUTHORIZED, "Unauthorized: token is for another user")
-        self.connection.token_expires_at = identity.expires_at
+        identity = self._same_user(frame.data.token)
+        self._arm_expiry(identity)
         self.connection.send(
             encode_frame("token_refreshed", {"expiresAt": int(identity.expires_at * 1000)}, frame.requestId)
         )
 
+    def _same_user(self, token: str) -> Identity:
+        identity = self.state.verifier.verify(token)
+        if identity.user_id != self.connection.user_id:
+            raise Refusal(ErrorCode.UNAUTHORIZED, "Unauthorized: token is for another user", reason="other_user")
+        return identity
+
+    def _arm_expiry(self, identity: Identity) -> None:
+        """Close the connection when its token expires, unless a fresh one arrives first.
+
+        One timer per connection (a heap entry, no task); a later token re-arms it. Far-off expiries
+        are checked again every ``_MAX_TIMER_S`` rather than scheduled at once.
+        """
+        connection = self.connection
+        connection.token_expires_at = identity.expires_at
+        if connection.expiry_timer is not None:
+            connection.expiry_timer.cancel()
+        deadline = identity.expires_at + self.state.settings.jwt_leeway
+        delay = min(max(0.0, deadline - time.time()), _MAX_TIMER_S)
+        connection.expiry_timer = asyncio.get_running_loop().call_later(delay, self._check_expiry)
+
+    def _check_expiry(self) -> None:
+        connection = self.connection
+        connection.expiry_timer = None
+        if connection.closed:
+            return
+        remaining = connection.token_expires_at + self.state.settings.jwt_leeway - time.time()
+        if remaining > 0:
+            delay = min(remaining, _MAX_TIMER_S)
+            connection.expiry_timer = asyncio.get_running_loop().call_later(delay, self._check_expiry)
+            return
+        error = Refusal(ErrorCode.UNAUTHORIZED, "Unauthorized: token expired", reason="token_expired")
+        self._closing = asyncio.get_running_loop().create_task(self.reject(error))
+
     # ------------------------------------------------------------------ chats
 
     async def join_chat(self, frame: JoinChat) -> None:
-        if self.connection.user_id is not None and frame.data.token:
-            identity = self.state.verifier.verify(frame.data.token)
-            if identity.user_id != self.connection.user_id:
-                raise ChatError(ErrorCode.UNAUTHORIZED, "Unauthorized: token is for another user")
+        # Every join_chat carries a token: on an authenticated connection it must be the same user's,
+        # and a fresh one extends the connection like refresh_token (verifying again is a cache hit).
+        self._arm_expiry(self._same_user(frame.data.token))
         if frame.data.chatId is None:
             chat = await self.state.store.create_chat(self._user(), frame.data.chatType)
         else:
@@ -159,17 +204,18 @@ class FrameHandler:
             raise ChatError(ErrorCode.CHAT_NOT_FOUND, "Chat not found: chatId is not the current chat")
         content = normalise_content(frame.data.content)
         if len(content) > settings.ws_max_message_length:
-            raise ChatError(
+            raise Refusal(
                 ErrorCode.MESSAGE_TOO_LONG,
                 f"Message too long: {len(content)} characters, at most {settings.ws_max_message_length}",
+                reason="content_length",
             )
         if not content.strip():
-            raise ChatError(ErrorCode.INVALID_MESSAGE, "Invalid message: content is empty")
+            raise Refusal(ErrorCode.INVALID_MESSAGE, "Invalid message: content is empty", reason="empty_content")
         retry_after = await state.admission.hit_rate(
             self._user(), settings.ws_rate_limit_max_messages, settings.ws_rate_limit_window
         )
         if retry_after is not None:
-            raise ChatError(ErrorCode.RATE_LIMITED, retry_after_ms=retry_after)
+            raise Refusal(ErrorCode.RATE_LIMITED, retry_after_ms=retry_after, reason="user_rate")
 
         request = ChatRequest(
             request_id=str(uuid.uuid4()),

@@ -19,8 +19,8 @@ class GatewayMetrics:
         )
         self.refusals = Counter(
             "chat_gateway_refusals",
-            "Refused frames or connections by error code",
-            ["code"],
+            "Refused handshakes, connections and frames by error code and the check that refused",
+            ["code", "reason"],
             registry=self.registry,
         )
         self.errors = Counter(

@@ -1,9 +1,14 @@
 """Cluster-wide admission state in Redis (``REDIS_URL``).
 
 Connection slots are members of a sorted set per user, scored by their expiry; every gateway
-refreshes its own slots every ``SLOT_TTL_MS / 3``, so the slots of a gateway that dies expire by
-themselves and nobody stays locked out. Rate limits are a sliding-window log per user. Both are
-single Lua scripts, atomic across gateways, timed by the Redis server's clock.
+refreshes its own slots every ``REDIS_SLOT_TTL / 3``, so the slots of a gateway that dies (SIGKILL,
+power loss) expire by themselves within ``REDIS_SLOT_TTL`` and nobody stays locked out. Rate limits
+are a sliding-window log per user (one member per accepted message, scored by its time). Each
+operation is one Lua script, atomic across gateways and timed by the Redis server's clock, so the
+gateways' clocks need not agree.
+
+If Redis cannot be reached, the limits fall back to this process's own (``LocalAdmission``) until
+it answers again: users are still limited, per gateway, rather than refused or unlimited.
 """
 
 from __future__ import annotations
@@ -11,19 +16,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Iterable
 
 import redis.asyncio as redis
+from redis.exceptions import RedisError
 
 from chat_common.settings import Settings
+from chat_gateway.admission import LocalAdmission
 
 logger = logging.getLogger(__name__)
 
-SLOT_TTL_MS = 30_000
+RETRY_AFTER_FAILURE_S = 1.0
+"""after a failed call, Redis is left alone this long (the local limits apply meanwhile)."""
 
 _NOW = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
+# KEYS[1] slots of the user; ARGV: connection id, limit, ttl ms. 1 = granted.
 _ACQUIRE = (
     _NOW
     + """
@@ -37,23 +47,30 @@ return 1
 """
 )
 
+# KEYS[1] slots of the user; ARGV: connection id, ttl ms. Extends a slot that still exists (XX):
+# a slot released meanwhile is not brought back.
 _REFRESH = (
     _NOW
     + """
-redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1]) == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return 1
 """
 )
 
+# KEYS[1] message log of the user; ARGV: limit, window ms, unique member. -1 = allowed (and
+# counted), else the ms until the message that frees a place leaves the window.
 _HIT = (
     _NOW
     + """
+local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return math.max(1, tonumber(oldest[2]) + window - now)
+local count = redis.call('ZCARD', KEYS[1])
+if count >= limit then
+  local freeing = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+  return math.max(1, tonumber(freeing[2]) + window - now)
 end
 redis.call('ZADD', KEYS[1], now, ARGV[3])
 redis.call('PEXPIRE', KEYS[1], window)
@@ -71,58 +88,116 @@ def _rate_key(user_id: str) -> str:
 
 
 class RedisAdmission:
-    def __init__(self, client: redis.Redis) -> None:
+    """``AdmissionStore`` shared by all gateways through one Redis.
+
+    Owns its Redis client and the task that keeps this process's slots alive; ``close`` stops the
+    task, gives the slots back and closes the client.
+    """
+
+    def __init__(self, client: redis.Redis, *, slot_ttl_ms: int) -> None:
         self._client = client
+        self._slot_ttl_ms = slot_ttl_ms
         self._acquire = client.register_script(_ACQUIRE)
         self._refresh = client.register_script(_REFRESH)
         self._hit = client.register_script(_HIT)
         self._held: dict[str, str] = {}
-        """connection id -> user id, the slots this process keeps alive."""
+        """connection id -> user id: the slots this process keeps alive in Redis."""
+        self._local = LocalAdmission()
+        """the limits while Redis is away."""
+        self._retry_at = 0.0
         self._keeper: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(cls, settings: Settings) -> RedisAdmission:
         client = redis.Redis.from_url(settings.redis_url or "", socket_timeout=2, socket_connect_timeout=2)
-        await client.ping()
-        admission = cls(client)
+        admission = cls(client, slot_ttl_ms=settings.redis_slot_ttl)
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            admission._failed("start-up", exc)
         admission._keeper = asyncio.get_running_loop().create_task(admission._keep_alive())
         return admission
 
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is unreachable and the limits are this process's own."""
+        return self._retry_at > 0.0
+
+    def _usable(self) -> bool:
+        return time.monotonic() >= self._retry_at
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        if not self.degraded:
+            logger.warning(
+                "Redis unreachable (%s: %r): connection and rate limits are per gateway until it is back", what, exc
+            )
+        self._retry_at = time.monotonic() + RETRY_AFTER_FAILURE_S
+
+    def _recovered(self) -> None:
+        if self.degraded:
+            logger.info("Redis reachable again: connection and rate limits are cluster-wide")
+            self._retry_at = 0.0
+
     async def acquire_connection(self, user_id: str, connection_id: str, limit: int) -> bool:
-        granted = await self._acquire(keys=[_slots_key(user_id)], args=[connection_id, limit, SLOT_TTL_MS])
-        if granted:
-            self._held[connection_id] = user_id
-        return bool(granted)
+        if self._usable():
+            try:
+                granted = await self._acquire(
+                    keys=[_slots_key(user_id)], args=[connection_id, limit, self._slot_ttl_ms]
+                )
+            except (RedisError, OSError) as exc:
+                self._failed("acquire", exc)
+            else:
+                self._recovered()
+                if granted:
+                    self._held[connection_id] = user_id
+                return bool(granted)
+        return await self._local.acquire_connection(user_id, connection_id, limit)
 
     async def release_connection(self, user_id: str, connection_id: str) -> None:
-        self._held.pop(connection_id, None)
-        await self._client.zrem(_slots_key(user_id), connection_id)
+        await self._local.release_connection(user_id, connection_id)
+        if self._held.pop(connection_id, None) is None:
+            return
+        try:
+            await self._client.zrem(_slots_key(user_id), connection_id)
+        except (RedisError, OSError) as exc:
+            self._failed("release", exc)  # the slot expires by itself within the TTL
 
     async def hit_rate(self, user_id: str, limit: int, window_ms: int) -> int | None:
-        wait = int(await self._hit(keys=[_rate_key(user_id)], args=[limit, window_ms, uuid.uuid4().hex]))
-        return None if wait < 0 else wait
+        if self._usable():
+            try:
+                wait = int(await self._hit(keys=[_rate_key(user_id)], args=[limit, window_ms, uuid.uuid4().hex]))
+            except (RedisError, OSError) as exc:
+                self._failed("rate limit", exc)
+            else:
+                self._recovered()
+                return None if wait < 0 else wait
+        return await self._local.hit_rate(user_id, limit, window_ms)
 
     async def refresh(self, held: Iterable[tuple[str, str]]) -> None:
+        """Extend the given slots (connection id, user id) to a full TTL from now."""
         async with self._client.pipeline(transaction=False) as pipe:
             for connection_id, user_id in held:
-                await self._refresh(keys=[_slots_key(user_id)], args=[connection_id, SLOT_TTL_MS], client=pipe)
+                await self._refresh(keys=[_slots_key(user_id)], args=[connection_id, self._slot_ttl_ms], client=pipe)
             await pipe.execute()
 
     async def _keep_alive(self) -> None:
         while True:
-            await asyncio.sleep(SLOT_TTL_MS / 3000)
+            await asyncio.sleep(self._slot_ttl_ms / 3000)
+            self._local.forget_idle(3_600_000)
             try:
                 await self.refresh(list(self._held.items()))
-            except Exception:  # noqa: BLE001 - Redis away: slots expire, retried next round
-                logger.warning("could not refresh connection slots in Redis")
+            except (RedisError, OSError) as exc:
+                self._failed("refresh", exc)  # retried next round; meanwhile the slots may expire
+            else:
+                self._recovered()
 
     async def close(self) -> None:
         if self._keeper is not None:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
-        held = list(self._held.items())
-        with contextlib.suppress(Exception):
+        held, self._held = list(self._held.items()), {}
+        with contextlib.suppress(RedisError, OSError):
             async with self._client.pipeline(transaction=False) as pipe:
                 for connection_id, user_id in held:
                     pipe.zrem(_slots_key(user_id), connection_id)

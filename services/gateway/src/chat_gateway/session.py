@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 
+from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from chat_common.envelopes import ControlMessage
@@ -20,24 +21,34 @@ from chat_common.errors import ChatError, ErrorCode
 from chat_common.frames import JoinChat, error_frame, parse_client_frame, peek_request_id
 from chat_gateway.connection import Connection
 from chat_gateway.handlers import FrameHandler
+from chat_gateway.refusals import Refusal, reason_of, record_refusal
 from chat_gateway.state import GatewayState
+from chat_gateway.ws_protocol import INVALID_UTF8_REASON, PAYLOAD_TOO_LARGE_REASON
 
 logger = logging.getLogger(__name__)
 
 
 async def serve(state: GatewayState, websocket: WebSocket) -> None:
     settings = state.settings
+    client = websocket.client
+    address = client.host if client else "unknown"
     if not _origin_allowed(websocket, settings.ws_allowed_origins):
-        state.metrics.refusals.labels("ORIGIN").inc()
-        await websocket.close(1008)
+        record_refusal(state.metrics, None, "FORBIDDEN_ORIGIN", "origin", address=address)
+        await websocket.close(1008)  # before accept: the handshake is answered with HTTP 403
         return
     await websocket.accept()
-    client = websocket.client
-    connection = Connection(
-        id=uuid.uuid4().hex, websocket=websocket, client_address=client.host if client else "unknown"
-    )
+    connection = Connection(id=uuid.uuid4().hex, websocket=websocket, client_address=address)
     if not state.accepting or len(state.registry) >= settings.ws_max_connections:
-        await _refuse(state, connection, ChatError(ErrorCode.SERVER_AT_CAPACITY))
+        reason = "capacity" if state.accepting else "shutting_down"
+        await _refuse(state, connection, Refusal(ErrorCode.SERVER_AT_CAPACITY, reason=reason))
+        return
+    if state.unauthenticated[address] >= settings.ws_max_unauthenticated_per_address:
+        error = Refusal(
+            ErrorCode.TOO_MANY_CONNECTIONS,
+            "Too many connections from this address waiting to authenticate",
+            reason="per_address",
+        )
+        await _refuse(state, connection, error)
         return
     state.registry.add(connection)
     state.metrics.connections.set(len(state.registry))
@@ -60,30 +71,60 @@ def _origin_allowed(websocket: WebSocket, allowed: list[str]) -> bool:
 
 
 async def _refuse(state: GatewayState, connection: Connection, error: ChatError, request_id: object = None) -> None:
-    state.metrics.refusals.labels(error.code.value).inc()
-    logger.info("connection %s refused: %s (%s)", connection.id, error.code.value, error.message)
+    """Refuse a connection that is not (yet) served by a ``FrameHandler``: error frame, then close."""
+    record_refusal(state.metrics, connection, error.code.value, reason_of(error))
     connection.send(error_frame(error, request_id if isinstance(request_id, str | int) else None))
     await connection.close(error.close_code or 1008, error.message[:120])
 
 
+def _ended(state: GatewayState, connection: Connection, message: Message) -> bool:
+    """Whether ``message`` ends the connection. Frames the WebSocket layer refused (over
+    ``WS_MAX_PAYLOAD``, or text that is not UTF-8) are counted here; the client has been told
+    already (see ``ws_protocol``)."""
+    if message["type"] != "websocket.disconnect":
+        return False
+    code, reason = message.get("code"), message.get("reason")
+    if code == 1009 and reason == PAYLOAD_TOO_LARGE_REASON:
+        record_refusal(state.metrics, connection, ErrorCode.PAYLOAD_TOO_LARGE.value, "frame_size")
+    elif code == 1007 and reason == INVALID_UTF8_REASON:
+        record_refusal(state.metrics, connection, ErrorCode.INVALID_MESSAGE.value, "invalid_utf8")
+    return True
+
+
 async def _authenticate(state: GatewayState, connection: Connection, handler: FrameHandler) -> bool:
-    """Wait for ``join_chat`` within the auth deadline; on success the connection holds a user slot."""
+    """Wait for ``join_chat`` within the auth deadline; on success the connection holds a user slot.
+
+    While it waits, the socket counts against its address's ``WS_MAX_UNAUTHENTICATED_PER_ADDRESS``.
+    """
+    address = connection.client_address
+    state.unauthenticated[address] += 1
+    try:
+        return await _wait_for_join(state, connection, handler)
+    finally:
+        state.unauthenticated[address] -= 1
+        if state.unauthenticated[address] <= 0:
+            del state.unauthenticated[address]
+
+
+async def _wait_for_join(state: GatewayState, connection: Connection, handler: FrameHandler) -> bool:
     websocket = connection.websocket
     try:
         async with asyncio.timeout(state.settings.ws_auth_timeout / 1000):
             message = await websocket.receive()
     except TimeoutError:
-        await _refuse(state, connection, ChatError(ErrorCode.UNAUTHORIZED, "Unauthorized: no join_chat in time"))
+        error = Refusal(ErrorCode.UNAUTHORIZED, "Unauthorized: no join_chat in time", reason="auth_timeout")
+        await _refuse(state, connection, error)
         return False
-    if message["type"] == "websocket.disconnect":
+    if _ended(state, connection, message):
         return False
+    connection.touch()
     raw = message.get("text") or message.get("bytes") or b""
     try:
         frame = parse_client_frame(raw)
     except ChatError:
         frame = None
     if not isinstance(frame, JoinChat):
-        error = ChatError(ErrorCode.UNAUTHORIZED, "Unauthorized: the first frame must be join_chat")
+        error = Refusal(ErrorCode.UNAUTHORIZED, "Unauthorized: the first frame must be join_chat", reason="first_frame")
         await _refuse(state, connection, error, peek_request_id(raw))
         return False
     state.metrics.frames_in.labels("join_chat").inc()
@@ -100,19 +141,18 @@ async def _frame_loop(state: GatewayState, connection: Connection, handler: Fram
     websocket = connection.websocket
     while not connection.closed:
         message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
+        if _ended(state, connection, message):
             return
         connection.touch()
         text = message.get("text")
         if text is None:
-            state.metrics.refusals.labels(ErrorCode.INVALID_MESSAGE.value).inc()
-            connection.send(error_frame(ChatError(ErrorCode.INVALID_MESSAGE, "Invalid message: binary frame")))
+            error = Refusal(ErrorCode.INVALID_MESSAGE, "Invalid message: binary frame", reason="binary_frame")
+            await handler.reject(error)
             continue
         try:
             frame = parse_client_frame(text)
         except ChatError as error:
-            state.metrics.refusals.labels(error.code.value).inc()
-            connection.send(error_frame(error, peek_request_id(text)))
+            await handler.reject(Refusal(error.code, error.message, reason="malformed_frame"), peek_request_id(text))
             continue
         state.metrics.frames_in.labels(frame.type).inc()
         await handler.dispatch(frame)
@@ -120,6 +160,9 @@ async def _frame_loop(state: GatewayState, connection: Connection, handler: Fram
 
 async def _cleanup(state: GatewayState, connection: Connection) -> None:
     connection.closed = True
+    if connection.expiry_timer is not None:
+        connection.expiry_timer.cancel()
+        connection.expiry_timer = None
     state.registry.remove(connection)
     state.metrics.connections.set(len(state.registry))
     state.metrics.users.set(state.registry.users)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from chat_common.settings import Settings
@@ -27,3 +28,5 @@ class GatewayState:
     router: ReplyRouter
     started: float = field(default_factory=time.time)
     accepting: bool = True
+    unauthenticated: Counter[str] = field(default_factory=Counter)
+    """sockets per client address that have not sent ``join_chat`` yet."""

@@ -42,7 +42,12 @@ class ReplyStream:
         )
 
     async def start(self) -> None:
-        data: dict[str, Any] = {"messageId": self._request.assistant_message_id, "chatId": self._request.chat_id}
+        request = self._request
+        data: dict[str, Any] = {
+            "messageId": request.assistant_message_id,
+            "chatId": request.chat_id,
+            "userMessageId": request.user_message_id,
+        }
         if self._attempt > 1:
             data["attempt"] = self._attempt
         await self._publish("start", encode_frame("response_start", data))

@@ -1,0 +1,103 @@
+"""The client keeps a session through a gateway restart and through token expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from chat_client import NO_RECONNECT, AnswerChunk, Backoff, ChatClient
+from tests.support.client import make_token
+from tests.support.cluster import Cluster
+from tests.support.processes import free_port
+
+
+async def test_reconnects_after_the_gateway_restarts_and_keeps_the_chat(cluster: Cluster) -> None:
+    await cluster.fake_openai()
+    port = free_port()
+    gateway = await cluster.gateway(gateway_port=port)
+    await cluster.worker()
+    user = f"lib-restart-{uuid.uuid4().hex[:8]}"
+    tokens_issued = 0
+
+    def provider() -> str:
+        nonlocal tokens_issued
+        tokens_issued += 1
+        return make_token(user)
+
+    client = await ChatClient.connect(
+        gateway.extra["ws_url"],
+        provider,
+        reconnect=Backoff(initial=0.2, maximum=1.0, max_attempts=60),
+        resume_timeout=1.0,
+    )
+    try:
+        chat_id = client.chat_id
+        answer = await client.send("[[slow:60]] [[tokens:25]] explain force majeure")
+        async for event in answer:
+            assert isinstance(event, AnswerChunk)
+            break  # the answer is streaming: now the gateway goes away
+
+        await gateway.stop()
+        assert await _disconnected(client)
+        await cluster.gateway(gateway_port=port)
+
+        # the interrupted answer ends: resumed by the gateway, or read back from the chat's history
+        end = await asyncio.wait_for(answer.result(), 20)
+        assert end.finish_reason in ("stop", "cancelled")
+        assert answer.text == end.content
+        assert end.content, "the answer has its text"
+
+        assert client.connected
+        assert client.reconnects == 1
+        assert client.chat_id == chat_id, "the client rejoined the chat it was in"
+        assert tokens_issued >= 2, "the reconnect asked the provider for a token"
+        after = await client.ask("[[tokens:3]] and after the restart?")
+        assert after.finish_reason == "stop"
+        assert [m.role for m in client.history][:1] == ["user"]
+    finally:
+        await client.close()
+
+
+async def _disconnected(client: ChatClient, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while client.connected and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return not client.connected
+
+
+async def test_token_is_refreshed_before_it_expires(cluster: Cluster) -> None:
+    """Tokens live 3 s and the gateway sweeps expired ones every 250 ms: only refreshing keeps a connection."""
+    await cluster.fake_openai()
+    gateway = await cluster.gateway(JWT_LEEWAY=0, WS_CLEANUP_INTERVAL=250)
+    await cluster.worker()
+    url = gateway.extra["ws_url"]
+    user = f"lib-refresh-{uuid.uuid4().hex[:8]}"
+    issued: list[str] = []
+
+    async def provider() -> str:
+        issued.append(make_token(user, expires_in=3, jti=uuid.uuid4().hex))
+        return issued[-1]
+
+    refreshing = await ChatClient.connect(url, provider, refresh_margin=1.5, reconnect=NO_RECONNECT)
+    static = await ChatClient.connect(url, make_token(user, expires_in=3), reconnect=NO_RECONNECT)
+    try:
+        first_expiry = refreshing.token_expires_at
+        assert first_expiry is not None
+        await asyncio.sleep(5)
+        assert time.time() > first_expiry + 1
+        # the connection without refresh was closed by the gateway when its token expired...
+        assert not static.connected
+        assert static.last_error is not None
+        assert static.last_error.code == "UNAUTHORIZED"
+        # ...the refreshing one is the same connection, still authorised
+        assert refreshing.connected
+        assert refreshing.reconnects == 0
+        assert len(issued) >= 3
+        assert refreshing.token_expires_at is not None
+        assert refreshing.token_expires_at > first_expiry
+        end = await refreshing.ask("[[tokens:2]] still there?")
+        assert end.finish_reason == "stop"
+    finally:
+        await refreshing.close()
+        await static.close()
