@@ -62,9 +62,14 @@ def settings_env_names() -> set[str]:
     return names
 
 
+# Read by libraries inside the services rather than by Settings: uvicorn's trusted proxies (gateway).
+LIBRARY_ENV = {"FORWARDED_ALLOW_IPS"}
+
+
 def is_service_env(name: str) -> bool:
-    """A name the services understand: a setting, or a standard OpenTelemetry variable (SPEC §3)."""
-    return name in settings_env_names() or name.startswith("OTEL_")
+    """A name the services understand: a setting, a standard OpenTelemetry variable (SPEC §3), or
+    one that a library in the service reads itself (``LIBRARY_ENV``)."""
+    return name in settings_env_names() or name.startswith("OTEL_") or name in LIBRARY_ENV
 
 
 def default_of(env_name: str) -> Any:

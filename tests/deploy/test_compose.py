@@ -78,7 +78,8 @@ def test_service_environment_names_are_settings_and_the_defaults_start_the_fake_
         env = service_environment(service, NO_ENV)
         unknown = [key for key in env if not is_service_env(key)]
         assert not unknown, f"{name}: {unknown} are not settings (libs/common/src/chat_common/settings.py)"
-        settings = Settings(**{key.lower(): value for key, value in env.items() if not key.startswith("OTEL_S")})
+        names = settings_env_names()
+        settings = Settings(**{key.lower(): value for key, value in env.items() if key in names})
         assert settings.provider == "fake", "no OPENAI_API_KEY: docker compose up answers with the fake model"
         assert settings.jwt_secret, "the gateway cannot start without a JWT secret"
         assert env_file_is_optional(service), f"{name}: .env must be optional so that compose works without it"
@@ -122,6 +123,15 @@ def test_gateways_have_own_instance_ids_and_the_worker_scales() -> None:
     assert "INSTANCE_ID" not in service_environment(worker, NO_ENV), "replicas of --scale must differ"
     assert "ports" not in worker, "a fixed host port blocks --scale"
     assert "container_name" not in worker, "a fixed name blocks --scale"
+
+
+def test_gateways_see_client_addresses_through_nginx_and_only_nginx_reaches_them() -> None:
+    template = (ROOT / "deploy/nginx/chat.conf.template").read_text()
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in template, "nginx must overwrite a client's header"
+    for name, (role, service) in app_services().items():
+        if role == "gateway":
+            assert service_environment(service, NO_ENV)["FORWARDED_ALLOW_IPS"] == "*", name
+            assert "ports" not in service, f"{name} trusts X-Forwarded-For: it must not be published"
 
 
 def test_start_order_is_health_gated() -> None:

@@ -188,6 +188,7 @@ async def balanced(cluster: Cluster, tmp_path: Path) -> AsyncIterator[Balanced]:
     limits = {
         "WS_MAX_CONNECTIONS_PER_USER": 3,
         "WS_RATE_LIMIT_MAX_MESSAGES": 4,
+        "WS_MAX_UNAUTHENTICATED_PER_ADDRESS": 2,
         "REDIS_URL": cluster.services.redis_url,
     }
     await cluster.fake_openai()
@@ -237,12 +238,17 @@ async def connect_from(url: str, source: str) -> ChatClient:
     return await ChatClient.connect(url, local_addr=(source, 0))
 
 
-async def route_sources(setup: Balanced) -> dict[int, str]:
-    """Which source address nginx sends to which gateway (by the gateways' own connection counts)."""
-    chosen: dict[int, str] = {}
+async def route_sources(setup: Balanced, per_gateway: int = 2) -> list[list[str]]:
+    """Source addresses that nginx sends to each gateway (seen in the gateways' own connection counts).
+
+    The probe sockets stay open, unauthenticated, until all are placed: with
+    WS_MAX_UNAUTHENTICATED_PER_ADDRESS=2 that only works if each gateway sees the client's own
+    address (nginx's X-Forwarded-For), not nginx's.
+    """
+    chosen: list[list[str]] = [[] for _ in setup.gateways]
     held: list[ChatClient] = []
     try:
-        for octet in range(1, 17):
+        for octet in range(1, 33):
             source = f"127.0.{octet}.1"
             before = [await connections(gw) for gw in setup.gateways]
             held.append(await connect_from(setup.ws_url, source))
@@ -250,15 +256,15 @@ async def route_sources(setup: Balanced) -> dict[int, str]:
                 after = [await connections(gw) for gw in setup.gateways]
                 grown = [i for i in range(len(after)) if after[i] > before[i]]
                 if grown:
-                    chosen.setdefault(grown[0], source)
+                    chosen[grown[0]].append(source)
                     break
                 await asyncio.sleep(0.05)
-            if len(chosen) == len(setup.gateways):
+            if all(len(sources) >= per_gateway for sources in chosen):
                 return chosen
     finally:
         for client in held:
             await client.close()
-    raise AssertionError(f"ip_hash sent 16 source networks to gateways {sorted(chosen)} only")
+    raise AssertionError(f"ip_hash spread 32 source networks as {chosen}")
 
 
 async def closed_with(client: ChatClient) -> int | None:
@@ -272,7 +278,7 @@ async def closed_with(client: ChatClient) -> int | None:
 async def test_clients_through_nginx_reach_both_gateways_and_limits_hold_across_them(balanced: Balanced) -> None:
     """Answers via each gateway, cluster-wide connection and rate limits, then wss and the HTTP API."""
     sources = await route_sources(balanced)
-    via_a, via_b = sources[0], sources[1]
+    via_a, via_b = sources[0][0], sources[1][0]
     user = f"lb-{uuid.uuid4().hex[:8]}"
 
     # answers come back through nginx from each gateway
@@ -284,6 +290,27 @@ async def test_clients_through_nginx_reach_both_gateways_and_limits_hold_across_
             assert answer.error is None, answer.error
             assert answer.end is not None
             assert f"Through nginx from {source}?" in answer.end["content"]
+
+    # the gateway limits sockets waiting to authenticate per *client* address (X-Forwarded-For):
+    # a third from one address is refused, while another address on the same gateway is not
+    gateway_a = balanced.gateways[0]
+    base = await connections(gateway_a)
+    waiting = [await connect_from(balanced.ws_url, via_a), await connect_from(balanced.ws_url, via_a)]
+    try:
+        for _ in range(100):
+            if await connections(gateway_a) >= base + 2:
+                break
+            await asyncio.sleep(0.05)
+        third = await connect_from(balanced.ws_url, via_a)
+        refused = await third.recv()
+        assert refused["data"]["code"] == "TOO_MANY_CONNECTIONS", refused
+        assert await closed_with(third) == 1008
+        async with await connect_from(balanced.ws_url, sources[0][1]) as neighbour:
+            joined = await neighbour.join(make_token(f"{user}-neighbour"), "messages")
+            assert joined["type"] == "chat_joined", joined
+    finally:
+        for client in waiting:
+            await client.close()
 
     # WS_MAX_CONNECTIONS_PER_USER=3 over both gateways: two on A, one on B, the fourth is refused on B
     token = make_token(user)
