@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import re
 import shutil
 import signal
 import ssl
@@ -32,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.exceptions import ConnectionClosed
 
-from tests.deploy.support import ROOT
+from tests.deploy.support import ROOT, load_compose, service_environment
 from tests.support.client import ChatClient, make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess, free_port
@@ -158,6 +159,35 @@ def test_rendered_config_passes_nginx_t_as_shipped_and_with_tls(tmp_path: Path) 
 
     broken = prepare(tmp_path / "broken", render("127.0.0.1:18081", ["127.0.0.1:13000"]).replace("ip_hash;", "ip_hash"))
     assert broken.test_config().returncode != 0, "nginx -t must reject a broken file (the check is real)"
+
+
+def test_compose_rendering_by_the_nginx_image_matches_render_py_and_passes_nginx_t(tmp_path: Path) -> None:
+    """What the nginx image's entrypoint does with the compose environment: envsubst of only the
+    variables matching NGINX_ENVSUBST_FILTER. It must give render.py's output for the same gateways."""
+    envsubst = shutil.which("envsubst")
+    assert envsubst, "envsubst is missing: run scripts/ensure-nginx.sh"
+    env = service_environment(load_compose()["services"]["nginx"], {})
+    chosen = {name: value for name, value in env.items() if re.search(env["NGINX_ENVSUBST_FILTER"], name)}
+    template = (ROOT / "deploy/nginx/chat.conf.template").read_text()
+    by_image = subprocess.run(
+        [envsubst, " ".join(f"${{{name}}}" for name in chosen)],
+        input=template,
+        env={**chosen, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    servers = re.findall(r"server ([\w.-]+:\d+)", env["NGINX_CHAT_GATEWAY_SERVERS"])
+    assert by_image == render(env["NGINX_CHAT_LISTEN"], servers)
+    assert "$http_upgrade" in by_image
+    assert "$remote_addr" in by_image
+
+    local = by_image.replace("listen 80;", f"listen 127.0.0.1:{free_port()};")
+    for host, _port in (server.split(":") for server in servers):
+        local = local.replace(f"server {host}:", "server 127.0.0.1:")  # compose DNS names, here
+    result = prepare(tmp_path, local).test_config()
+    assert result.returncode == 0, result.stderr
 
 
 def test_render_refuses_a_template_value_it_was_not_given() -> None:
