@@ -77,6 +77,20 @@ def default_of(env_name: str) -> Any:
     return info.get_default(call_default_factory=True)
 
 
+# Seconds a gateway may take after SIGTERM: its drain (1012 to clients spread over a few seconds,
+# answers in flight given the shutdown grace, 25-30 s) and then uvicorn's own last shutdown step.
+GATEWAY_SHUTDOWN_S = 35
+
+
+def worker_shutdown_grace_s() -> float:
+    """Seconds a stopping worker lets answers run before requeueing them (a setting, or a constant)."""
+    if "shutdown_grace" in Settings.model_fields:
+        return float(default_of("SHUTDOWN_GRACE")) / 1000
+    from llm_worker.__main__ import SHUTDOWN_GRACE_S  # before the setting existed
+
+    return float(SHUTDOWN_GRACE_S)
+
+
 def workspace_members() -> dict[str, dict[str, Any]]:
     """Workspace members by package name: their folder and [project] table."""
     members: dict[str, dict[str, Any]] = {}

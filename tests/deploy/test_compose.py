@@ -17,6 +17,7 @@ import yaml
 
 from chat_common.settings import Settings
 from tests.deploy.support import (
+    GATEWAY_SHUTDOWN_S,
     ROOT,
     SERVICES,
     default_of,
@@ -26,6 +27,7 @@ from tests.deploy.support import (
     parse_dockerfile,
     service_environment,
     settings_env_names,
+    worker_shutdown_grace_s,
 )
 
 COMPOSE = load_compose()
@@ -265,8 +267,6 @@ def test_prometheus_and_grafana_are_an_optional_profile_with_the_dashboard_provi
 
 
 def test_stop_grace_periods_cover_graceful_shutdown() -> None:
-    from llm_worker.__main__ import SHUTDOWN_GRACE_S
-
     def seconds(text: str) -> int:
         match = re.fullmatch(r"(\d+)s", text)
         assert match, text
@@ -274,9 +274,9 @@ def test_stop_grace_periods_cover_graceful_shutdown() -> None:
 
     for name, (role, service) in app_services().items():
         if role == "gateway":
-            assert seconds(service["stop_grace_period"]) >= 35, name
+            assert seconds(service["stop_grace_period"]) >= GATEWAY_SHUTDOWN_S, name
         if role == "worker":
-            assert seconds(service["stop_grace_period"]) >= SHUTDOWN_GRACE_S + 5, name
+            assert seconds(service["stop_grace_period"]) >= worker_shutdown_grace_s() + 5, name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +289,7 @@ ASSIGNMENT = re.compile(r"^(?:# )?([A-Z][A-Z0-9_]*)=(.*)$", re.MULTILINE)
 def test_env_example_documents_every_setting_and_every_compose_variable() -> None:
     documented = dict(ASSIGNMENT.findall(ENV_EXAMPLE))
     missing_settings = settings_env_names() - set(documented)
-    assert not missing_settings, f".env.example does not document {sorted(missing_settings)}"
+    assert not missing_settings, f"add to .env.example ('# NAME=default'): {sorted(missing_settings)}"
     compose_vars = interpolation_names(COMPOSE_TEXT)
     assert not compose_vars - set(documented), f"undocumented: {sorted(compose_vars - set(documented))}"
     for name in documented:

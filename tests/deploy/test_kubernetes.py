@@ -12,7 +12,9 @@ import yaml
 
 from chat_common import topology
 from chat_common.frames import CHAT_TYPES
+from chat_common.settings import Settings
 from tests.deploy.support import (
+    GATEWAY_SHUTDOWN_S,
     HEALTH_PATHS,
     ROOT,
     SERVICES,
@@ -20,6 +22,7 @@ from tests.deploy.support import (
     is_service_env,
     load_yaml_documents,
     parse_dockerfile,
+    worker_shutdown_grace_s,
     workspace_members,
 )
 
@@ -27,10 +30,6 @@ K8S = ROOT / "deploy/k8s"
 KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())
 DOCS = [doc for resource in KUSTOMIZATION["resources"] for doc in load_yaml_documents(K8S / resource)]
 SECRETS = load_yaml_documents(K8S / "secret.example.yaml")
-
-# Seconds a gateway may take after SIGTERM: close 1012 spread over a few seconds, then the grace
-# period for in-flight answers (uvicorn's timeout_graceful_shutdown=30 in chat_gateway.__main__).
-GATEWAY_SHUTDOWN_S = 35
 
 ROLE_OF_IMAGE = {info["package"]: role for role, info in SERVICES.items()}
 
@@ -197,15 +196,15 @@ def test_gateways_autoscale_and_keep_capacity_during_rollouts() -> None:
 
 
 def test_termination_grace_matches_graceful_shutdown() -> None:
-    from llm_worker.__main__ import SHUTDOWN_GRACE_S
-
+    if "shutdown_grace" in Settings.model_fields:  # the drain's grace plus uvicorn's own final 10 s
+        assert default_of("SHUTDOWN_GRACE") / 1000 + 10 <= GATEWAY_SHUTDOWN_S
     gateway = deployment_of("gateway")
     pre_stop = container(gateway)["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     grace = gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace >= int(pre_stop[1]) + GATEWAY_SHUTDOWN_S
     worker = deployment_of("worker")
-    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= SHUTDOWN_GRACE_S + 5
+    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= worker_shutdown_grace_s() + 5
     for role in SERVICES:
         assert explicit_env(container(deployment_of(role)))["INSTANCE_ID"] == {
             "fieldRef": {"fieldPath": "metadata.name"}
@@ -250,9 +249,7 @@ def test_systemd_units_run_one_process_with_its_own_instance_id(path: Path) -> N
         assert stop >= GATEWAY_SHUTDOWN_S + 5
         assert int(service["LimitNOFILE"]) >= 65536
     if role == "worker":
-        from llm_worker.__main__ import SHUTDOWN_GRACE_S
-
-        assert stop >= SHUTDOWN_GRACE_S + 5
+        assert stop >= worker_shutdown_grace_s() + 5
     assert service["EnvironmentFile"] == "/etc/chat/chat.env"
 
 
