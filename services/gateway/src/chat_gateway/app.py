@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
 
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, Response
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from chat_common.broker import now_ms, publish_farewell, publish_heartbeats
@@ -24,6 +24,7 @@ from chat_gateway.admission import AdmissionStore, LocalAdmission
 from chat_gateway.auth import TokenVerifier
 from chat_gateway.broker import GatewayBroker
 from chat_gateway.metrics import GatewayMetrics
+from chat_gateway.page import mount_chat_page
 from chat_gateway.registry import ConnectionRegistry
 from chat_gateway.replies import ReplyRouter
 from chat_gateway.session import serve
@@ -52,7 +53,7 @@ def create_app(settings: Settings, *, sampler: RequestSampler | None = None) -> 
         pool = await create_pool(settings.database_url, max_size=settings.database_pool_size)
         registry, metrics = ConnectionRegistry(), GatewayMetrics(window_s=settings.health_window // 1000)
         broker = GatewayBroker(settings)
-        router = ReplyRouter(registry, broker, metrics)
+        router = ReplyRouter(registry, broker, metrics, request_timeout_s=settings.request_timeout / 1000)
         admission = await make_admission(settings)
         state = GatewayState(
             settings=settings,
@@ -90,12 +91,16 @@ def create_app(settings: Settings, *, sampler: RequestSampler | None = None) -> 
             await admission.close()
             await pool.close()
 
-    app = FastAPI(title="chat-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
-    # HTTP routes get server spans; the WebSocket route does not: its span would last as long as the
-    # connection and cost work on every frame. Each user message starts its own trace instead
-    # (chat_gateway.tracing). Health and metrics are polled every few seconds: not worth a trace.
-    FastAPIInstrumentor.instrument_app(
-        app, excluded_urls="/ws/chat,/api/websocket/health,/metrics", exclude_spans=["receive", "send"]
+    app = FastAPI(
+        title="chat-gateway",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        # FastAPI's own telemetry would hold a span (and its operation spans) open for the whole life
+        # of every WebSocket connection: memory per connection and a trace that lasts for hours.
+        # Messages are traced one by one (chat_gateway.tracing); HTTP requests keep their spans, except
+        # health and metrics, polled every few seconds.
+        telemetry={"exclude": _untraced},
     )
 
     @app.websocket("/ws/chat")
@@ -111,7 +116,15 @@ def create_app(settings: Settings, *, sampler: RequestSampler | None = None) -> 
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(app.state.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    mount_chat_page(app, settings)
     return app
+
+
+_POLLED_PATHS = frozenset({"/api/websocket/health", "/metrics"})
+
+
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    return bool(scope.get("type") == "websocket" or scope.get("path") in _POLLED_PATHS)
 
 
 def _telemetry(broker: GatewayBroker):  # type: ignore[no-untyped-def]
@@ -133,6 +146,8 @@ def health_report(state: GatewayState) -> HealthReport:
     ).check(capacity=state.settings.ws_max_connections, thresholds=thresholds)
     if not state.broker.connected:
         report.flag("critical", "not connected to RabbitMQ", key="broker")
+    if getattr(state.admission, "degraded", False):
+        report.flag("warning", "Redis unreachable: connection and rate limits hold per gateway only", key="redis")
     return report
 
 

@@ -21,8 +21,6 @@ from llm_worker.service import Worker
 
 logger = logging.getLogger("llm_worker")
 
-SHUTDOWN_GRACE_S = 25.0
-
 
 async def amain(settings: Settings, *, sampler: RequestSampler | None = None) -> None:
     stop = asyncio.Event()
@@ -53,7 +51,7 @@ async def amain(settings: Settings, *, sampler: RequestSampler | None = None) ->
         logger.info("worker %s stopping", settings.instance_id)
         beats.cancel()
         await worker.farewell()
-        await worker.stop(grace_s=SHUTDOWN_GRACE_S)
+        await worker.stop(grace_s=settings.shutdown_grace / 1000)
     finally:
         server.close()
         await provider.close()

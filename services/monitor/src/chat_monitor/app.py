@@ -149,7 +149,8 @@ def create_app(settings: Settings) -> FastAPI:
             await probe.close()
             await connection.close()
 
-    app = FastAPI(title="chat-monitor", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # no request spans: the monitor's HTTP traffic is dashboards and probes polling, not user messages
+    app = FastAPI(title="chat-monitor", lifespan=lifespan, docs_url=None, redoc_url=None, telemetry={"tracing": False})
     app.state.monitor = state
     static = resources.files("chat_monitor") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
