@@ -61,7 +61,7 @@ def test_window_counts_the_difference_of_cumulative_counters() -> None:
     assert figures.error_rate == 0.1
     # a process that started inside the window counts from zero
     young = ClusterView(silence_s=15, window_s=60)
-    young.observe(beat("gw2", started_ms=NOW_MS - 5_000, requests_total=7), now=0)
+    young.observe(beat("gw2", started_ms=int(time.time() * 1000) - 5_000, requests_total=7), now=0)
     assert young.figures(young.instances["gw2"], now=0).requests == 7
 
 
