@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import httpx
 
 from tests.observability.conftest import Observed
 from tests.support.client import ChatClient, make_token
+from tests.support.processes import ROOT
 
 
 async def test_every_service_exposes_its_prometheus_metrics(observed: Observed) -> None:
@@ -53,3 +57,14 @@ async def test_every_service_exposes_its_prometheus_metrics(observed: Observed) 
         'chat_monitor_alerts_firing{severity="critical"}',
     ):
         assert line in monitor_text, line
+
+    # every metric the Grafana dashboards chart exists in what the services expose
+    exposed = gateway_text + worker_text + monitor_text
+    referenced: set[str] = set()
+    for dashboard in sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json")):
+        for panel in json.loads(dashboard.read_text())["panels"]:
+            for target in panel.get("targets", []):
+                referenced.update(re.findall(r"\b((?:chat|process)_[a-z_]+)", target["expr"]))
+    assert len(referenced) > 15
+    missing = sorted(name for name in referenced if name not in exposed)
+    assert missing == [], f"dashboard metrics no service exposes: {missing}"
