@@ -117,6 +117,7 @@ async def test_killed_worker_is_alerted_once_and_resolved_once_when_one_returns(
         killed_at = time.monotonic()
         status, health = await eventually(health_of(monitor), lambda r: "no live workers" in r[1]["issues"], timeout=10)
         noticed_s = time.monotonic() - killed_at
+        print(f"SIGKILLed worker reported by the monitor's health after {noticed_s:.2f} s")
         # INSTANCE_SILENCE_TIMEOUT is 3 s in the test cluster, the monitor evaluates every second
         assert noticed_s < 3 + 2.5, noticed_s
         assert status == 503
@@ -168,7 +169,7 @@ async def test_thresholds_move_the_status_as_documented(cluster: Cluster) -> Non
     }
     await cluster.fake_openai()
     gateway = await cluster.gateway(WS_MAX_CONNECTIONS=4, **thresholds)
-    await cluster.worker()
+    worker = await cluster.worker()
     monitor = await cluster.monitor(**thresholds)
     gateway_health = lambda: get_json(gateway.extra["http_url"] + "/api/websocket/health")  # noqa: E731
     clients: list[ChatClient] = []
@@ -209,6 +210,11 @@ async def test_thresholds_move_the_status_as_documented(cluster: Cluster) -> Non
         assert {t["errorCode"] for t in failed_traces} == {"UPSTREAM_ERROR"}
         assert all(t["jaegerUrl"].endswith("/trace/" + t["traceId"]) for t in failed_traces)
         assert all(len(t["traceId"]) == 32 for t in failed_traces)
+        # the worker's log line about each failure carries the request's trace id
+        worker_log = worker.log_tail(400)
+        for trace in failed_traces:
+            assert f"[trace={trace['traceId']}]" in worker_log
+            assert f"request {trace['requestId']}: model failed" in worker_log
     finally:
         for client in clients:
             await client.close()
