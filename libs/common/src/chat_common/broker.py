@@ -39,6 +39,8 @@ async def publish_heartbeat(exchange: AbstractExchange, beat: Heartbeat, *, time
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
         ),
         routing_key=beat.role,
+        # no monitor bound is normal (tests, a monitor restarting): no Basic.Return to log as an error
+        mandatory=False,
         timeout=timeout_s,
     )
 

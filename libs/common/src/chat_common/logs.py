@@ -48,5 +48,5 @@ def setup_logging(settings: Settings, *, service: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Libraries chatter at INFO about every reconnect attempt; keep their warnings.
-    for noisy in ("aiormq", "aio_pika", "httpx", "openai._base_client"):
+    for noisy in ("aiormq", "aio_pika", "httpx", "httpx2", "openai._base_client"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[level]))
