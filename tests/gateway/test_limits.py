@@ -4,6 +4,7 @@ code, the connection staying open where the spec says so, and the slot or budget
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import asyncpg
@@ -35,6 +36,7 @@ LIMITS = {
     "JWT_LEEWAY": 0,
     "WS_MAX_TOKENS": 5,
     "WS_PING_INTERVAL": 500,
+    "WS_MAX_FRAMES_PER_SECOND": 50,
 }
 
 
@@ -234,6 +236,26 @@ async def test_rate_limit_is_per_user_accurate_and_the_budget_returns(url: str) 
     assert (await second.recv_type("message_accepted", "error"))["type"] == "message_accepted"
     await first.close()
     await second.close()
+
+
+async def test_a_frame_flood_is_dropped_with_rate_limited_and_the_connection_stays(url: str) -> None:
+    client = await joined(url, make_token(user("flood")))
+    for index in range(300):  # WS_MAX_FRAMES_PER_SECOND=50: bursts of 100
+        await client.send("ping", requestId=index)
+    answers: list[dict[str, object]] = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            answers.append(await client.recv(timeout=1.0))
+    pongs = [a for a in answers if a["type"] == "pong"]
+    limited = [a for a in answers if a["type"] == "error"]
+    assert 100 <= len(pongs) < 200, len(pongs)
+    assert len(limited) == 1  # told once, not once per dropped frame
+    data = limited[0]["data"]
+    assert isinstance(data, dict)
+    assert data["code"] == "RATE_LIMITED"
+    assert 0 < data["retryAfterMs"] <= 20
+    await still_open(client)
+    await client.close()
 
 
 async def test_message_too_long_keeps_the_connection_open(
