@@ -25,6 +25,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # a protocol state left by a connection killed mid-query
 )
 """what PostgreSQL being away looks like (refused, reset, terminated, restarting, pool closing):
 a transient condition the caller reports as ``BUSY`` or retries, never a bug."""

@@ -151,7 +151,10 @@ class Worker:
             with contextlib.suppress(Exception):
                 await asyncio.shield(message.nack(requeue=True))
             raise
-        except Exception:
+        except Exception as exc:
+            if not self.connected:  # the broker went away mid-answer: it has the request back already
+                logger.warning("request %s abandoned: broker connection lost (%r)", request.request_id, exc)
+                return
             logger.exception("request %s failed; returned to the queue", request.request_id)
             self.metrics.record("store_error")
             with contextlib.suppress(Exception):
