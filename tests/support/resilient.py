@@ -63,7 +63,9 @@ class ResilientClient:
                 if self.chat_id is not None:
                     data["chatId"] = self.chat_id
                     if resume is not None:
-                        data["messageId"], data["lastSeq"] = resume
+                        data["messageId"] = resume[0]
+                        if resume[1] >= 0:  # no chunk seen yet: the whole answer
+                            data["lastSeq"] = resume[1]
                 await self.ws.send(json.dumps({"type": "join_chat", "data": data}))
                 frame = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
                 if frame["type"] == "chat_joined":

@@ -54,6 +54,8 @@ class Connection:
     resumes: dict[str, PendingRequest] = field(default_factory=dict)
     """answers this connection asked to resume, by message id, until the worker's replay arrives."""
     closed: bool = False
+    dispatching: int = 0
+    """client frames being handled now (a graceful shutdown waits for them before it closes)."""
     _out: deque[str] = field(default_factory=deque)
     _flusher: asyncio.Task[None] | None = None
 
