@@ -68,6 +68,15 @@ class Settings(BaseSettings):
     jwt_leeway: Annotated[int, Field(ge=0)] = 5
     """seconds of clock skew tolerated on ``exp`` and ``nbf``."""
 
+    # --- the browser chat page and development tokens ---
+    chat_page_enabled: bool = True
+    """serve the chat page at ``/chat/`` (static files, no token inside); turn off in production if unwanted."""
+    dev_tokens_enabled: bool = False
+    """``POST /api/dev/token`` signs a token for any user id with ``JWT_SECRET``: local trials only,
+    never in production (``scripts/run.sh`` turns it on)."""
+    dev_token_ttl: Annotated[int, Field(ge=10_000)] = 3_600_000
+    """ms a development token lives."""
+
     # --- the LLM ---
     openai_api_key: str | None = None
     openai_base_url: str | None = None

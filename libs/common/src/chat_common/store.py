@@ -84,11 +84,19 @@ async def create_pool(dsn: str, *, max_size: int = 10, migrate: bool = True) -> 
         command_timeout=10,
         max_inactive_connection_lifetime=60,
         timeout=CONNECT_TIMEOUT_S,
+        reset=_keep_session,
     )
     if migrate:
         async with pool.acquire() as connection:
             await apply_migrations(connection)
     return pool
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Release without the default reset query (``RESET ALL``, ``UNLISTEN *``, ``CLOSE ALL``,
+    ``pg_advisory_unlock_all()``): one more round trip for every query, and this code sets no session
+    state, listens to nothing and holds no advisory lock past the migration, which unlocks its own.
+    An open transaction is still rolled back by asyncpg before this runs."""
 
 
 class ChatStore:
