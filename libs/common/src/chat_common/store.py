@@ -25,6 +25,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # a protocol state left by a connection killed mid-query
 )
 """what PostgreSQL being away looks like (refused, reset, terminated, restarting, pool closing):
 a transient condition the caller reports as ``BUSY`` or retries, never a bug."""
@@ -233,6 +234,23 @@ class ChatStore:
                     error_code,
                 )
             return bool(inserted)
+
+    async def fail_stale_requests(self, *, older_than_s: float, error_code: str = "TIMEOUT") -> int:
+        """Record as failed every question accepted more than ``older_than_s`` ago that has no answer.
+
+        The gateway stores a question before it publishes the request; a gateway killed in between
+        leaves a question nobody will answer. Past its deadline it can only be a failure; an answer
+        that still comes later overwrites the status (``add_assistant_message``).
+        """
+        result = await self.pool.execute(
+            "UPDATE messages u SET status = 'failed', error_code = $2"
+            " WHERE u.role = 'user' AND u.status = 'accepted'"
+            " AND u.created_at < clock_timestamp() - make_interval(secs => $1)"
+            " AND NOT EXISTS (SELECT 1 FROM messages a WHERE a.request_id = u.request_id AND a.role = 'assistant')",
+            older_than_s,
+            error_code,
+        )
+        return int(result.split()[-1])
 
     async def get_answer(self, request_id: str) -> StoredAnswer | None:
         """The stored answer to a request, if any (to re-send it when a redelivery finds it)."""

@@ -58,6 +58,8 @@ class Connection:
     frame_tokens_at: float = 0.0
     frame_limit_noticed_at: float = 0.0
     closed: bool = False
+    dispatching: int = 0
+    """client frames being handled now (a graceful shutdown waits for them before it closes)."""
     _out: deque[str] | None = None
     """created with the flusher and dropped with it: an idle connection keeps no queue (a deque is
     over 600 bytes, a fifth of what a bare idle connection costs)."""

@@ -39,6 +39,9 @@ from llm_worker.replies import ReplyStream
 
 logger = logging.getLogger(__name__)
 
+REAP_MARGIN_S = 15.0
+"""seconds past a request's deadline before a question without an answer counts as lost."""
+
 
 class Worker:
     def __init__(self, settings: Settings, answerer: Answerer, metrics: WorkerMetrics) -> None:
@@ -148,7 +151,10 @@ class Worker:
             with contextlib.suppress(Exception):
                 await asyncio.shield(message.nack(requeue=True))
             raise
-        except Exception:
+        except Exception as exc:
+            if not self.connected:  # the broker went away mid-answer: it has the request back already
+                logger.warning("request %s abandoned: broker connection lost (%r)", request.request_id, exc)
+                return
             logger.exception("request %s failed; returned to the queue", request.request_id)
             self.metrics.record("store_error")
             with contextlib.suppress(Exception):
@@ -258,6 +264,22 @@ class Worker:
             await asyncio.sleep(1)
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
+
+    # ------------------------------------------------------------------ lost requests
+
+    async def reap_forever(self) -> None:
+        """Now and then, record as ``TIMEOUT`` the questions whose request never reached a worker
+        (the gateway died between storing and publishing) once their deadline is well past."""
+        timeout_s = self.settings.request_timeout / 1000
+        interval = min(max(timeout_s / 2, 5.0), 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                reaped = await self.store.fail_stale_requests(older_than_s=timeout_s + REAP_MARGIN_S)
+            except UNAVAILABLE_ERRORS:
+                continue
+            if reaped:
+                logger.warning("%d questions without a request past their deadline recorded as TIMEOUT", reaped)
 
     # ------------------------------------------------------------------ shutdown
 
