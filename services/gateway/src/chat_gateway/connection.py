@@ -14,6 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import Span
 from starlette.websockets import WebSocket
 
 from chat_common.frames import ChatType
@@ -36,6 +37,8 @@ class PendingRequest:
     attempt: int = 0
     """the request's delivery whose frames are being forwarded (0 before the first frame)."""
     first_chunk_at: float | None = None
+    span: Span | None = None
+    """the message's root span (``chat_gateway.tracing``), ended when the request is over."""
 
 
 @dataclass(eq=False, slots=True)
