@@ -28,8 +28,7 @@ async def client_cluster(services: Services, log_dir: Path) -> AsyncIterator[Clu
     cluster = Cluster(dataclasses.replace(services, amqp_url=amqp_url, vhost=vhost), log_dir)
     try:
         await cluster.fake_openai()
-        await cluster.worker(CHUNK_COALESCE_MS=20)
-        await cluster.gateway(**GATEWAY_SETTINGS)
+        await asyncio.gather(cluster.worker(CHUNK_COALESCE_MS=20), cluster.gateway(**GATEWAY_SETTINGS))
         yield cluster
     finally:
         await cluster.stop_all()

@@ -463,8 +463,13 @@ class ChatClient:
 
     def _on_start(self, data: dict[str, Any]) -> None:
         message_id = data["messageId"]
-        if message_id in self._by_message:
-            return  # a resumed answer we already know
+        attempt = data.get("attempt") or 1
+        known = self._by_message.get(message_id)
+        if known is not None:
+            # resumed: the rest follows; a later attempt (a redelivered request): the answer starts over
+            if not data.get("resumed") and attempt > known.attempt:
+                known._on_restart(attempt)
+            return
         answer = self._by_message.get(data.get("userMessageId") or "")
         if answer is not None:
             with contextlib.suppress(ValueError):
@@ -476,6 +481,7 @@ class ChatClient:
                     answer = candidate
         if answer is not None:
             answer._on_start(message_id)
+            answer.attempt = attempt
             self._by_message[message_id] = answer
 
     def _on_error(self, rid: Any, data: dict[str, Any]) -> None:
