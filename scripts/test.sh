@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 bash scripts/services.sh
 bash scripts/ensure-browser.sh
+bash scripts/ensure-nginx.sh
 exec uv run pytest "$@"

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     publish_timeout: PositiveInt = 5_000
     """ms a publish (with its confirm) may take before the client gets ``BUSY``."""
     busy_retry_after: PositiveInt = 2_000
+    resume_grace: Annotated[int, Field(ge=0)] = 10_000
+    """ms a worker keeps generating for a closed connection, waiting for the client to resume."""
+    shutdown_grace: Annotated[int, Field(ge=0)] = 25_000
+    """ms a stopping gateway or worker lets in-flight answers run before it closes or requeues them."""
+    shutdown_spread: Annotated[int, Field(ge=0)] = 3_000
+    """ms over which a stopping gateway spreads the 1012 closes of its idle connections."""
     history_limit: PositiveInt = 50
     """messages returned in ``history`` and sent to the model as context."""
     chunk_coalesce_ms: Annotated[int, Field(ge=0)] = 50

@@ -1,0 +1,80 @@
+"""deploy/docker/healthcheck.py (the images' HEALTHCHECK) against the real services' endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.support import ROOT, SERVICES
+from tests.support.cluster import Cluster
+from tests.support.processes import ServiceProcess, free_port
+
+SCRIPT = ROOT / "deploy/docker/healthcheck.py"
+
+
+async def healthcheck(role: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the check as the image does: the service's own environment, python from the venv."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("GATEWAY_PORT", "MONITOR_PORT", "WORKER_METRICS_PORT")}
+    clean.update(HOST="127.0.0.1", **env)
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(SCRIPT), role],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def port_env(role: str, port: str) -> dict[str, str]:
+    return {str(SERVICES[role]["port"]).upper(): port}
+
+
+@pytest.fixture
+async def monitor(stack: Cluster, log_dir: Path) -> AsyncIterator[ServiceProcess]:
+    """A monitor of this test's own on the session's broker (stopped at the end; the stack is untouched)."""
+    own = Cluster(stack.services, log_dir)
+    try:
+        yield await own.monitor()
+    finally:
+        await own.stop_all()
+
+
+async def test_gateway_and_worker_checks_pass_on_live_services(stack: Cluster) -> None:
+    gateway = next(p for p in stack.processes if p.name == "gateway")
+    worker = next(p for p in stack.processes if p.name == "worker")
+    for role, process in (("gateway", gateway), ("worker", worker)):
+        result = await healthcheck(role, **port_env(role, process.extra["port"]))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "HTTP 200" in result.stdout
+
+
+async def test_monitor_check_passes_on_a_live_monitor(monitor: ServiceProcess) -> None:
+    result = await healthcheck("monitor", **port_env("monitor", monitor.extra["port"]))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("role", sorted(SERVICES))
+async def test_checks_fail_when_nothing_answers(role: str) -> None:
+    result = await healthcheck(role, **port_env(role, str(free_port())))
+    assert result.returncode == 1, result.stdout
+
+
+async def test_a_gateway_port_is_not_a_worker(stack: Cluster) -> None:
+    """The worker check wants the worker's /health: the gateway answers 404 there, which fails."""
+    gateway = next(p for p in stack.processes if p.name == "gateway")
+    result = await healthcheck("worker", WORKER_METRICS_PORT=gateway.extra["port"])
+    assert result.returncode == 1, result.stdout
+
+
+async def test_unknown_role_is_a_usage_error() -> None:
+    result = await healthcheck("database")
+    assert result.returncode == 1
+    assert "unknown role" in result.stderr

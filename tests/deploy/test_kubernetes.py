@@ -1,0 +1,258 @@
+"""deploy/k8s and deploy/systemd: images, settings names, probes, ports, autoscaling and grace periods."""
+
+from __future__ import annotations
+
+import configparser
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from chat_common import topology
+from chat_common.frames import CHAT_TYPES
+from chat_common.settings import Settings
+from tests.deploy.support import (
+    GATEWAY_SHUTDOWN_S,
+    HEALTH_PATHS,
+    ROOT,
+    SERVICES,
+    default_of,
+    is_service_env,
+    load_yaml_documents,
+    parse_dockerfile,
+    worker_shutdown_grace_s,
+    workspace_members,
+)
+
+K8S = ROOT / "deploy/k8s"
+KUSTOMIZATION = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+DOCS = [doc for resource in KUSTOMIZATION["resources"] for doc in load_yaml_documents(K8S / resource)]
+SECRETS = load_yaml_documents(K8S / "secret.example.yaml")
+
+ROLE_OF_IMAGE = {info["package"]: role for role, info in SERVICES.items()}
+
+
+def kind(name: str) -> list[dict[str, Any]]:
+    return [doc for doc in DOCS if doc["kind"] == name]
+
+
+def named(kind_name: str, name: str) -> dict[str, Any]:
+    return next(doc for doc in DOCS if doc["kind"] == kind_name and doc["metadata"]["name"] == name)
+
+
+def deployment_of(role: str) -> dict[str, Any]:
+    for deployment in kind("Deployment"):
+        if ROLE_OF_IMAGE.get(deployment["spec"]["template"]["spec"]["containers"][0]["image"]) == role:
+            return deployment
+    raise AssertionError(f"no Deployment runs the {role} image")
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def explicit_env(c: dict[str, Any]) -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in c.get("env", [])}
+
+
+def config_data() -> dict[str, str]:
+    return dict(named("ConfigMap", "chat-config")["data"])
+
+
+def test_every_resource_exists_and_parses() -> None:
+    for resource in KUSTOMIZATION["resources"]:
+        assert (K8S / resource).is_file(), resource
+    kinds = {doc["kind"] for doc in DOCS}
+    assert {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "ScaledObject"} <= kinds
+    for doc in DOCS:
+        assert doc["apiVersion"]
+        assert doc["metadata"]["name"]
+
+
+def test_images_are_built_from_the_service_dockerfiles() -> None:
+    images = {image["name"] for image in KUSTOMIZATION["images"]}
+    assert images == set(ROLE_OF_IMAGE)
+    for role in SERVICES:
+        c = container(deployment_of(role))
+        assert c["image"] in images
+        dockerfile = ROOT / SERVICES[role]["dir"] / "Dockerfile"
+        _, stages = parse_dockerfile(dockerfile)
+        uid = int(stages[-1].of("USER")[-1].args.split(":")[0])
+        pod_security = deployment_of(role)["spec"]["template"]["spec"]["securityContext"]
+        assert pod_security["runAsNonRoot"] is True
+        assert pod_security["runAsUser"] == uid
+
+
+def test_env_names_are_settings() -> None:
+    for name in config_data():
+        assert is_service_env(name), f"ConfigMap key {name} is not a setting"
+    secret = next(doc for doc in SECRETS if doc["metadata"]["name"] == "chat-secrets")
+    for name in secret["stringData"]:
+        assert is_service_env(name), f"Secret key {name} is not a setting"
+    for role in SERVICES:
+        c = container(deployment_of(role))
+        for name in explicit_env(c):
+            assert is_service_env(name), f"{role}: env {name} is not a setting"
+        sources = {next(iter(ref)): ref[next(iter(ref))]["name"] for ref in c["envFrom"]}
+        assert sources == {"configMapRef": "chat-config", "secretRef": "chat-secrets"}
+
+
+def test_production_values_of_the_spec_are_configured() -> None:
+    data = config_data()
+    assert {key: int(data[key]) for key in data if key.startswith("WS_")} == {
+        "WS_MAX_CONNECTIONS": 3000,
+        "WS_MAX_CONNECTIONS_PER_USER": 3,
+        "WS_RATE_LIMIT_MAX_MESSAGES": 20,
+        "WS_CLEANUP_INTERVAL": 180000,
+        "WS_INACTIVE_TIMEOUT": 900000,
+    }
+    assert "REDIS_URL" in next(doc for doc in SECRETS if doc["metadata"]["name"] == "chat-secrets")["stringData"]
+
+
+@pytest.mark.parametrize("role", sorted(SERVICES))
+def test_ports_and_probes_point_at_real_endpoints(role: str) -> None:
+    deployment = deployment_of(role)
+    c = container(deployment)
+    ports = {port["name"]: port["containerPort"] for port in c["ports"]}
+    setting = str(SERVICES[role]["port"]).upper()
+    listen = int(explicit_env(c).get(setting, default_of(setting)))
+    assert list(ports.values()) == [listen], f"{role}: containerPort differs from {setting}"
+
+    readiness, liveness = c["readinessProbe"], c["livenessProbe"]
+    for probe in (readiness, liveness):
+        target = probe.get("httpGet") or probe.get("tcpSocket")
+        assert target["port"] in ports
+    if role == "monitor":
+        # its health is the *cluster's*: a critical cluster must not take the monitor out of service
+        assert readiness["httpGet"]["path"] == "/metrics"
+    else:
+        assert readiness["httpGet"]["path"] == HEALTH_PATHS[role], "readiness must follow broker connectivity"
+    assert "tcpSocket" in liveness, "a broker outage must not restart pods: liveness is the socket only"
+
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == listen
+
+
+def test_services_select_the_pods_and_target_named_ports() -> None:
+    for service in kind("Service"):
+        selector = service["spec"]["selector"]
+        matches = [
+            d for d in kind("Deployment") if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(matches) == 1, service["metadata"]["name"]
+        names = {port["name"] for port in container(matches[0])["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in names
+    for ingress in kind("Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                service = named("Service", backend["name"])
+                assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+        annotations = ingress["metadata"]["annotations"]
+        assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600
+        assert ingress["spec"]["tls"], "TLS (wss) terminates at the ingress"
+
+
+def test_workers_scale_on_request_queue_length_per_pod_concurrency() -> None:
+    scaled = kind("ScaledObject")
+    assert len(scaled) == 1
+    spec = scaled[0]["spec"]
+    assert spec["scaleTargetRef"]["name"] == deployment_of("worker")["metadata"]["name"]
+    (trigger,) = spec["triggers"]
+    meta = trigger["metadata"]
+    assert trigger["type"] == "rabbitmq"
+    assert meta["mode"] == "QueueLength"
+    concurrency = int(config_data().get("WORKER_CONCURRENCY", default_of("WORKER_CONCURRENCY")))
+    assert int(meta["value"]) == concurrency, "value = requests one worker pod takes at once"
+    # the management API counts unacknowledged (in-progress) requests too, and sums both queues
+    assert meta["protocol"] == "http"
+    assert meta["useRegex"] == "true"
+    assert meta["operation"] == "sum"
+    pattern = re.compile(meta["queueName"])
+    for chat_type in CHAT_TYPES:
+        assert pattern.fullmatch(topology.request_queue_name(chat_type))
+    assert not pattern.fullmatch(topology.DEAD_LETTER_QUEUE)
+    auth = named("TriggerAuthentication", trigger["authenticationRef"]["name"])
+    ref = auth["spec"]["secretTargetRef"][0]
+    secret = next(doc for doc in SECRETS if doc["metadata"]["name"] == ref["name"])
+    assert secret["stringData"][ref["key"]].startswith("http://")
+
+
+def test_gateways_autoscale_and_keep_capacity_during_rollouts() -> None:
+    gateway = deployment_of("gateway")
+    (hpa,) = kind("HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == gateway["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert gateway["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    (pdb,) = kind("PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_termination_grace_matches_graceful_shutdown() -> None:
+    if "shutdown_grace" in Settings.model_fields:  # the drain's grace plus uvicorn's own final 10 s
+        assert default_of("SHUTDOWN_GRACE") / 1000 + 10 <= GATEWAY_SHUTDOWN_S
+    gateway = deployment_of("gateway")
+    pre_stop = container(gateway)["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    grace = gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= int(pre_stop[1]) + GATEWAY_SHUTDOWN_S
+    worker = deployment_of("worker")
+    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= worker_shutdown_grace_s() + 5
+    for role in SERVICES:
+        assert explicit_env(container(deployment_of(role)))["INSTANCE_ID"] == {
+            "fieldRef": {"fieldPath": "metadata.name"}
+        }, "each pod its own instance id and reply queue"
+
+
+# ---------------------------------------------------------------------------------------------
+# systemd: several processes per host
+# ---------------------------------------------------------------------------------------------
+
+UNITS = sorted((ROOT / "deploy/systemd").glob("*.service"))
+
+
+def read_unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(path.read_text())
+    return parser
+
+
+@pytest.mark.parametrize("path", UNITS, ids=[p.name for p in UNITS])
+def test_systemd_units_run_one_process_with_its_own_instance_id(path: Path) -> None:
+    unit = read_unit(path)
+    service = unit["Service"]
+    assert service["User"] != "root"
+    argv = service["ExecStart"].split()
+    assert argv[0] == "/usr/bin/env", "env(1) execs the service: SIGTERM reaches it directly"
+    assignments = dict(word.split("=", 1) for word in argv[1:-1])
+    assert all(is_service_env(name) for name in assignments)
+    command = Path(argv[-1]).name
+    scripts = {s for member in workspace_members().values() for s in member["project"].get("scripts", {})}
+    assert command in scripts
+    role = next(role for role, info in SERVICES.items() if info["command"] == command)
+    assert "INSTANCE_ID" in assignments
+    if path.name.endswith("@.service"):  # a template: the instance name is the port
+        port_setting = str(SERVICES[role]["port"]).upper()
+        assert assignments[port_setting] == "%i"
+        assert "%i" in assignments["INSTANCE_ID"]
+        assert "%H" in assignments["INSTANCE_ID"]
+    stop = int(service["TimeoutStopSec"])
+    if role == "gateway":
+        assert stop >= GATEWAY_SHUTDOWN_S + 5
+        assert int(service["LimitNOFILE"]) >= 65536
+    if role == "worker":
+        assert stop >= worker_shutdown_grace_s() + 5
+    assert service["EnvironmentFile"] == "/etc/chat/chat.env"
+
+
+def test_both_templates_exist_for_several_processes_per_host() -> None:
+    names = {path.name for path in UNITS}
+    assert {"chat-gateway@.service", "llm-worker@.service", "chat-monitor.service"} <= names

@@ -1,0 +1,407 @@
+"""deploy/nginx with a real nginx: the config is valid, and two gateway processes behind it work as one.
+
+nginx runs as a plain process on free ports with the repository's nginx.conf and chat.conf rendered
+from the same template (by render.py, as an operator would), TLS block uncommented with a throwaway
+certificate. Clients connect from different 127.0.X.1 source addresses so that ip_hash (which uses
+the first three octets) spreads them over both gateways; the per-user limits must hold across the
+two because both gateways share Redis (REDIS_URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from websockets.exceptions import ConnectionClosed
+
+from tests.deploy.support import ROOT, load_compose, service_environment
+from tests.support.client import ChatClient, make_token
+from tests.support.cluster import Cluster
+from tests.support.processes import ServiceProcess, free_port
+
+TLS_BEGIN, TLS_END = "# --- TLS ---", "# --- end TLS ---"
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    assert found, "nginx is not installed: run scripts/ensure-nginx.sh (scripts/test.sh does)"
+    return found
+
+
+def render(listen: str, gateways: list[str]) -> str:
+    argv = [sys.executable, str(ROOT / "deploy/nginx/render.py"), "--listen", listen]
+    for gateway in gateways:
+        argv += ["--gateway", gateway]
+    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30).stdout
+
+
+def enable_tls(config: str, *, listen: str, cert: Path, key: Path) -> str:
+    """Uncomment the template's TLS block, as its comment tells an operator to, with test paths."""
+    head, rest = config.split(TLS_BEGIN, 1)
+    block, tail = rest.split(TLS_END, 1)
+    lines = [line.replace("# ", "", 1) if line.strip().startswith("# ") else line for line in block.splitlines()]
+    enabled = "\n".join(lines)
+    assert "listen 443 ssl;" in enabled
+    enabled = enabled.replace("listen 443 ssl;", f"listen {listen} ssl;")
+    enabled = enabled.replace("/etc/nginx/tls/fullchain.pem", str(cert)).replace("/etc/nginx/tls/privkey.pem", str(key))
+    return head + enabled + tail
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "fullchain.pem", folder / "privkey.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@dataclass
+class Nginx:
+    prefix: Path
+    config: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def argv(self, *extra: str) -> list[str]:
+        return [
+            nginx_binary(),
+            "-p",
+            str(self.prefix),
+            "-c",
+            str(self.config),
+            "-e",
+            str(self.prefix / "error.log"),
+            "-g",
+            f"daemon off; pid {self.prefix / 'nginx.pid'};",
+            *extra,
+        ]
+
+    def test_config(self) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv("-t"), capture_output=True, text=True, timeout=30, check=False)
+
+    def start(self) -> None:
+        log = (self.prefix / "stdout.log").open("ab")
+        self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)  # graceful: let connections close
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def error_log(self) -> str:
+        path = self.prefix / "error.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+def prepare(folder: Path, chat_conf: str) -> Nginx:
+    (folder / "conf.d").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "deploy/nginx/nginx.conf", folder / "nginx.conf")
+    (folder / "conf.d/chat.conf").write_text(chat_conf)
+    return Nginx(prefix=folder, config=folder / "nginx.conf")
+
+
+def test_rendered_config_passes_nginx_t_as_shipped_and_with_tls(tmp_path: Path) -> None:
+    plain = prepare(tmp_path / "plain", render("127.0.0.1:18080", ["127.0.0.1:13000", "127.0.0.1:13001"]))
+    result = plain.test_config()
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+    cert, key = self_signed(tmp_path)
+    tls = prepare(
+        tmp_path / "tls",
+        enable_tls(
+            render("80", ["gateway-1:3000"]).replace("gateway-1", "127.0.0.1"), listen="18443", cert=cert, key=key
+        ),
+    )
+    result = tls.test_config()
+    assert result.returncode == 0, result.stderr
+
+    broken = prepare(tmp_path / "broken", render("127.0.0.1:18081", ["127.0.0.1:13000"]).replace("ip_hash;", "ip_hash"))
+    assert broken.test_config().returncode != 0, "nginx -t must reject a broken file (the check is real)"
+
+
+def test_compose_rendering_by_the_nginx_image_matches_render_py_and_passes_nginx_t(tmp_path: Path) -> None:
+    """What the nginx image's entrypoint does with the compose environment: envsubst of only the
+    variables matching NGINX_ENVSUBST_FILTER. It must give render.py's output for the same gateways."""
+    envsubst = shutil.which("envsubst")
+    assert envsubst, "envsubst is missing: run scripts/ensure-nginx.sh"
+    env = service_environment(load_compose()["services"]["nginx"], {})
+    chosen = {name: value for name, value in env.items() if re.search(env["NGINX_ENVSUBST_FILTER"], name)}
+    template = (ROOT / "deploy/nginx/chat.conf.template").read_text()
+    by_image = subprocess.run(
+        [envsubst, " ".join(f"${{{name}}}" for name in chosen)],
+        input=template,
+        env={**chosen, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    servers = re.findall(r"server ([\w.-]+:\d+)", env["NGINX_CHAT_GATEWAY_SERVERS"])
+    assert by_image == render(env["NGINX_CHAT_LISTEN"], servers)
+    assert "$http_upgrade" in by_image
+    assert "$remote_addr" in by_image
+
+    local = by_image.replace("listen 80;", f"listen 127.0.0.1:{free_port()};")
+    for host, _port in (server.split(":") for server in servers):
+        local = local.replace(f"server {host}:", "server 127.0.0.1:")  # compose DNS names, here
+    result = prepare(tmp_path, local).test_config()
+    assert result.returncode == 0, result.stderr
+
+
+def test_render_refuses_a_template_value_it_was_not_given() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "deploy/nginx/render.py"), "--listen", "80"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "--gateway" in result.stderr
+
+
+@dataclass
+class Balanced:
+    nginx: Nginx
+    gateways: list[ServiceProcess]
+    ws_url: str
+    wss_url: str
+    http_url: str
+    ssl_context: ssl.SSLContext
+
+
+@pytest.fixture
+async def balanced(cluster: Cluster, tmp_path: Path) -> AsyncIterator[Balanced]:
+    """Fake OpenAI, one worker, two gateways sharing Redis, and nginx in front (ws and wss)."""
+    limits = {
+        "WS_MAX_CONNECTIONS_PER_USER": 3,
+        "WS_RATE_LIMIT_MAX_MESSAGES": 4,
+        "WS_MAX_UNAUTHENTICATED_PER_ADDRESS": 2,
+        "REDIS_URL": cluster.services.redis_url,
+    }
+    await cluster.fake_openai()
+    gateways = [await cluster.gateway(**limits), await cluster.gateway(**limits)]
+    await cluster.worker()
+    port, tls_port = free_port(), free_port()
+    cert, key = self_signed(tmp_path)
+    conf = render(f"127.0.0.1:{port}", [f"127.0.0.1:{gw.extra['port']}" for gw in gateways])
+    nginx = prepare(tmp_path / "nginx", enable_tls(conf, listen=f"127.0.0.1:{tls_port}", cert=cert, key=key))
+    nginx.start()
+    context = ssl.create_default_context(cafile=str(cert))
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/nginx-health", nginx)
+        yield Balanced(
+            nginx=nginx,
+            gateways=gateways,
+            ws_url=f"ws://127.0.0.1:{port}/ws/chat",
+            wss_url=f"wss://localhost:{tls_port}/ws/chat",
+            http_url=f"http://127.0.0.1:{port}",
+            ssl_context=context,
+        )
+    finally:
+        nginx.stop()
+
+
+async def wait_http(url: str, nginx: Nginx, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2) as client:
+        while time.monotonic() < deadline:
+            assert nginx.process is not None
+            if nginx.process.poll() is not None:
+                raise AssertionError(f"nginx exited: {nginx.error_log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"nginx did not answer: {nginx.error_log()}")
+
+
+async def connections(gateway: ServiceProcess) -> int:
+    async with httpx.AsyncClient(timeout=5) as client:
+        response = await client.get(gateway.extra["http_url"] + "/api/websocket/health")
+        return int(response.json()["metrics"]["totalConnections"])
+
+
+async def connect_from(url: str, source: str) -> ChatClient:
+    return await ChatClient.connect(url, local_addr=(source, 0))
+
+
+async def route_sources(setup: Balanced, per_gateway: int = 2) -> list[list[str]]:
+    """Source addresses that nginx sends to each gateway (seen in the gateways' own connection counts).
+
+    The probe sockets stay open, unauthenticated, until all are placed: with
+    WS_MAX_UNAUTHENTICATED_PER_ADDRESS=2 that only works if each gateway sees the client's own
+    address (nginx's X-Forwarded-For), not nginx's.
+    """
+    chosen: list[list[str]] = [[] for _ in setup.gateways]
+    held: list[ChatClient] = []
+    try:
+        for octet in range(1, 33):
+            source = f"127.0.{octet}.1"
+            before = [await connections(gw) for gw in setup.gateways]
+            held.append(await connect_from(setup.ws_url, source))
+            for _ in range(50):
+                after = [await connections(gw) for gw in setup.gateways]
+                grown = [i for i in range(len(after)) if after[i] > before[i]]
+                if grown:
+                    chosen[grown[0]].append(source)
+                    break
+                await asyncio.sleep(0.05)
+            if all(len(sources) >= per_gateway for sources in chosen):
+                return chosen
+    finally:
+        for client in held:
+            await client.close()
+    raise AssertionError(f"ip_hash spread 32 source networks as {chosen}")
+
+
+async def closed_with(client: ChatClient) -> int | None:
+    with contextlib.suppress(ConnectionClosed, TimeoutError):
+        while True:
+            await client.recv(timeout=5)
+    return client.ws.close_code
+
+
+@pytest.mark.timeout(120)
+async def test_clients_through_nginx_reach_both_gateways_and_limits_hold_across_them(balanced: Balanced) -> None:
+    """Answers via each gateway, cluster-wide connection and rate limits, then wss and the HTTP API."""
+    sources = await route_sources(balanced)
+    via_a, via_b = sources[0][0], sources[1][0]
+    user = f"lb-{uuid.uuid4().hex[:8]}"
+
+    # answers come back through nginx from each gateway
+    for source in (via_a, via_b):
+        async with await connect_from(balanced.ws_url, source) as client:
+            joined = await client.join(make_token(f"{user}-ask"), "messages")
+            assert joined["type"] == "chat_joined", joined
+            answer = await client.ask(f"Through nginx from {source}?")
+            assert answer.error is None, answer.error
+            assert answer.end is not None
+            assert f"Through nginx from {source}?" in answer.end["content"]
+
+    # the gateway limits sockets waiting to authenticate per *client* address (X-Forwarded-For):
+    # a third from one address is refused, while another address on the same gateway is not
+    gateway_a = balanced.gateways[0]
+    base = await connections(gateway_a)
+    waiting = [await connect_from(balanced.ws_url, via_a), await connect_from(balanced.ws_url, via_a)]
+    try:
+        for _ in range(100):
+            if await connections(gateway_a) >= base + 2:
+                break
+            await asyncio.sleep(0.05)
+        third = await connect_from(balanced.ws_url, via_a)
+        refused = await third.recv()
+        assert refused["data"]["code"] == "TOO_MANY_CONNECTIONS", refused
+        assert await closed_with(third) == 1008
+        async with await connect_from(balanced.ws_url, sources[0][1]) as neighbour:
+            joined = await neighbour.join(make_token(f"{user}-neighbour"), "messages")
+            assert joined["type"] == "chat_joined", joined
+    finally:
+        for client in waiting:
+            await client.close()
+
+    # WS_MAX_CONNECTIONS_PER_USER=3 over both gateways: two on A, one on B, the fourth is refused on B
+    token = make_token(user)
+    held = [
+        await connect_from(balanced.ws_url, via_a),
+        await connect_from(balanced.ws_url, via_b),
+        await connect_from(balanced.ws_url, via_a),
+    ]
+    try:
+        for client in held:
+            assert (await client.join(token, "messages"))["type"] == "chat_joined"
+        assert [await connections(gw) for gw in balanced.gateways] == [2, 1]
+        extra = await connect_from(balanced.ws_url, via_b)
+        refused = await extra.join(token, "messages")
+        assert refused["type"] == "error", refused
+        assert refused["data"]["code"] == "TOO_MANY_CONNECTIONS"
+        assert await closed_with(extra) == 1008, "the close code passes through nginx"
+
+        # a slot freed on gateway A is usable on gateway B
+        await held.pop(0).close()
+        deadline = time.monotonic() + 10
+        while True:
+            retry = await connect_from(balanced.ws_url, via_b)
+            joined = await retry.join(token, "messages")
+            if joined["type"] == "chat_joined" or time.monotonic() > deadline:
+                break
+            await retry.close()
+            await asyncio.sleep(0.2)
+        assert joined["type"] == "chat_joined", joined
+        held.append(retry)
+
+        # WS_RATE_LIMIT_MAX_MESSAGES=4 per user over both gateways: 2 on A + 2 on B, the fifth is limited
+        on_b, on_a = held[0], held[1]  # held: B, A, then the retry on B
+        assert on_a.ws.local_address[0] == via_a
+        assert on_b.ws.local_address[0] == via_b
+        for client in (on_a, on_b, on_a, on_b):
+            answer = await client.ask("Is a verbal contract binding?")
+            assert answer.error is None, answer.error
+        limited = await on_a.ask("One more?")
+        assert limited.error is not None
+        assert limited.error["code"] == "RATE_LIMITED"
+        assert limited.error["retryAfterMs"] > 0
+        limited_b = await on_b.ask("And here?")
+        assert limited_b.error is not None
+        assert limited_b.error["code"] == "RATE_LIMITED"
+    finally:
+        for client in held:
+            await client.close()
+
+    # wss: the template's TLS block, uncommented, terminates TLS for the same gateways
+    async with await ChatClient.connect(balanced.wss_url, ssl=balanced.ssl_context) as client:
+        joined = await client.join(make_token(f"tls-{uuid.uuid4().hex[:8]}"), "documents")
+        assert joined["type"] == "chat_joined", joined
+        answer = await client.ask("Over TLS?")
+        assert answer.error is None, answer.error
+        assert answer.end is not None
+        assert "Over TLS?" in answer.end["content"]
+
+    # the gateway's HTTP API passes through; Prometheus metrics do not
+    async with httpx.AsyncClient(timeout=5) as http:
+        health = await http.get(balanced.http_url + "/api/websocket/health")
+        assert health.status_code == 200
+        assert health.json()["status"] in ("healthy", "warning")
+        assert (await http.get(balanced.http_url + "/metrics")).status_code == 404, "metrics stay internal"
