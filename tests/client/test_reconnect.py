@@ -7,6 +7,7 @@ import time
 import uuid
 
 from chat_client import NO_RECONNECT, AnswerChunk, Backoff, ChatClient
+from tests.client.conftest import QUICK_STOP
 from tests.support.client import make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess, free_port
@@ -17,7 +18,7 @@ async def test_reconnects_after_the_gateway_restarts_and_keeps_the_chat(client_c
     again on its port: the client reconnects, rejoins its chat and gets the whole answer."""
     cluster = client_cluster
     port = free_port()
-    gateway = await cluster.gateway(gateway_port=port)
+    gateway = await cluster.gateway(gateway_port=port, **QUICK_STOP)
     user = f"lib-restart-{uuid.uuid4().hex[:8]}"
     tokens_issued = 0
 
@@ -42,7 +43,7 @@ async def test_reconnects_after_the_gateway_restarts_and_keeps_the_chat(client_c
             break  # the answer is streaming: now the gateway dies
         gateway.kill()
         assert await _disconnected(client)
-        restarted = await cluster.gateway(gateway_port=port)
+        restarted = await cluster.gateway(gateway_port=port, **QUICK_STOP)
 
         # the interrupted answer ends: resumed by the gateway, or read back from the chat's history
         end = await asyncio.wait_for(answer.result(), 40)

@@ -71,6 +71,8 @@ class Answer:
         default_factory=lambda: asyncio.get_running_loop().create_future(), repr=False
     )
     _consumed: bool = field(default=False, repr=False)
+    _recovering: bool = field(default=False, repr=False)
+    """rejoined after a reconnect and waiting for the rest (resumed frames or the stored answer)."""
 
     @property
     def text(self) -> str:
@@ -101,6 +103,7 @@ class Answer:
         self._events.put_nowait(AnswerRestarted(attempt))
 
     def _on_chunk(self, delta: str, seq: int | None) -> None:
+        self._recovering = False
         if seq is not None:
             if self.last_seq is not None and seq <= self.last_seq:
                 return  # already seen: a resume replays from the last sequence it knows

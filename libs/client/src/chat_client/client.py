@@ -469,6 +469,7 @@ class ChatClient:
             # resumed: the rest follows; a later attempt (a redelivered request): the answer starts over
             if not data.get("resumed") and attempt > known.attempt:
                 known._on_restart(attempt)
+            known._recovering = False
             return
         answer = self._by_message.get(data.get("userMessageId") or "")
         if answer is not None:
@@ -495,6 +496,10 @@ class ChatClient:
         if answer is None and error.message_id is not None:
             answer = self._by_message.get(error.message_id)
         if answer is not None:
+            if answer._recovering and error.code == "TIMEOUT":
+                # "answer not resumed": no worker holds it now; it will be in the history when it ends
+                logger.info("answer %s not resumed; looking for it in the history", answer.message_id)
+                return
             self._fail(answer, error)
             return
         self.last_error = error
@@ -523,6 +528,7 @@ class ChatClient:
                 continue
             stored = self._stored_answer(answer)
             if stored is None or stored.status not in ("complete", "cancelled", "failed"):
+                answer._recovering = True
                 waiting = True
             elif stored.status == "failed":
                 self._fail(answer, UpstreamError("The language model failed to answer", message_id=stored.id))
