@@ -1,6 +1,7 @@
 """The browser chat page in headless Chromium against a running gateway, worker and (fake) model.
 
-Set CHAT_PAGE_SCREENSHOT=docs/chat-page.png to refresh the screenshot in the docs.
+Set CHAT_PAGE_SCREENSHOT=docs/chat-page.png to refresh the screenshots in the docs (the conversation,
+and beside it chat-page-rate-limited.png).
 """
 
 from __future__ import annotations
@@ -119,8 +120,8 @@ async def test_chat_in_the_browser(client_gateway: ServiceProcess, tmp_path: Pat
             await expect(page.locator(".msg.user .text")).to_have_text([question])
             await expect(page.locator(".msg.assistant .text")).to_have_text([answer])
             await expect(page.locator("#chats li.active .title")).to_have_text(question)
-            screenshot = Path(os.environ.get("CHAT_PAGE_SCREENSHOT") or tmp_path / "chat-page.png")
-            await page.screenshot(path=str(ROOT / screenshot if not screenshot.is_absolute() else screenshot))
+            screenshot = ROOT / os.environ.get("CHAT_PAGE_SCREENSHOT", tmp_path / "chat-page.png")
+            await page.screenshot(path=str(screenshot))
 
             # the 5th message in the window is refused: the page says how long to wait
             await page.fill("#input", "[[tokens:3]] one more")
@@ -133,7 +134,7 @@ async def test_chat_in_the_browser(client_gateway: ServiceProcess, tmp_path: Pat
             await expect(notice).to_contain_text("You are sending messages too quickly. You can send again in")
             await expect(page.locator("#send")).to_be_disabled()
             await expect(page.locator("#input")).to_have_value("and another")
-            await page.screenshot(path=str(tmp_path / "rate-limited.png"))
+            await page.screenshot(path=str(screenshot.with_name("chat-page-rate-limited.png")))
             assert errors == []
         finally:
             await browser.close()
