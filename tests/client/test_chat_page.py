@@ -16,7 +16,7 @@ from playwright.async_api import Page, async_playwright, expect
 
 from chat_common.settings import Settings
 from chat_gateway.app import create_app
-from tests.support.client import TEST_SECRET
+from tests.support.client import TEST_SECRET, make_token
 from tests.support.processes import ROOT, ServiceProcess
 
 CHROMIUM_ARGS = [
@@ -136,5 +136,29 @@ async def test_chat_in_the_browser(client_gateway: ServiceProcess, tmp_path: Pat
             await expect(page.locator("#input")).to_have_value("and another")
             await page.screenshot(path=str(screenshot.with_name("chat-page-rate-limited.png")))
             assert errors == []
+        finally:
+            await browser.close()
+
+
+async def test_sign_in_with_a_pasted_token_where_dev_tokens_are_off(gateway: ServiceProcess) -> None:
+    """The production shape: no development endpoint, the page says so, a pasted token works."""
+    user = f"pasted-{uuid.uuid4().hex[:6]}"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(gateway.extra["http_url"] + "/chat/")
+            await page.click("text=Get a development token")
+            await expect(page.locator("#sign-in-error")).to_contain_text("Development tokens are turned off")
+            await page.fill("#token", make_token(user))
+            await page.click("text=Use this token")
+            await expect(page.locator("#status")).to_have_attribute("data-state", "online", timeout=10_000)
+            await expect(page.locator("#who")).to_have_text(user)
+            await page.fill("#input", "[[tokens:5]] hello")
+            await page.keyboard.press("Enter")
+            await _wait_answer(page, 0)
+            await page.click("#sign-out")
+            await expect(page.locator("#sign-in")).to_be_visible()
+            await expect(page.locator("#status")).to_have_attribute("data-state", "offline")
         finally:
             await browser.close()
