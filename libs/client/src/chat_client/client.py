@@ -596,6 +596,9 @@ class ChatClient:
 
     def _forget(self, answer: Answer) -> None:
         self._answers.pop(answer.request_id, None)
+        if self._unstarted:  # it ended before a response_start took it out (BUSY, lost, recovered)
+            with contextlib.suppress(ValueError):
+                self._unstarted.remove(answer)
         for key in (answer.user_message_id, answer.message_id):
             if key is not None and self._by_message.get(key) is answer:
                 del self._by_message[key]
