@@ -9,9 +9,10 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.deploy.support import ROOT, SERVICES
+from tests.deploy.support import ROOT, SERVICES, load_yaml_documents
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess, free_port
 
@@ -78,3 +79,27 @@ async def test_unknown_role_is_a_usage_error() -> None:
     result = await healthcheck("database")
     assert result.returncode == 1
     assert "unknown role" in result.stderr
+
+
+async def test_every_kubernetes_http_probe_answers_on_the_live_service(stack: Cluster, monitor: ServiceProcess) -> None:
+    """Each httpGet probe of deploy/k8s, sent to the running service of its Deployment, answers 200."""
+    live = {
+        "chat-gateway": next(p for p in stack.processes if p.name == "gateway").extra["port"],
+        "llm-worker": next(p for p in stack.processes if p.name == "worker").extra["port"],
+        "chat-monitor": monitor.extra["port"],
+    }
+    probed = 0
+    async with httpx.AsyncClient(timeout=5) as client:
+        for path in sorted((ROOT / "deploy/k8s").glob("*.yaml")):
+            for doc in load_yaml_documents(path):
+                if doc.get("kind") != "Deployment":
+                    continue
+                port = live[doc["metadata"]["name"]]
+                for container in doc["spec"]["template"]["spec"]["containers"]:
+                    for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+                        get = container.get(kind, {}).get("httpGet")
+                        if get:
+                            response = await client.get(f"http://127.0.0.1:{port}{get['path']}")
+                            assert response.status_code == 200, (doc["metadata"]["name"], kind, get["path"])
+                            probed += 1
+    assert probed >= 3
