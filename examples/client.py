@@ -1,47 +1,57 @@
-"""Hold a short conversation with the gateway: join a chat, ask, print the streamed answer.
+"""Hold a short conversation with the gateway through the Python client library (``chat_client``).
 
     uv run python examples/client.py "What must a valid contract contain?"
 
-Environment: GATEWAY_URL (default ws://localhost:3000/ws/chat), CHAT_TOKEN (default: a development
-token signed with JWT_SECRET, as scripts/run.sh sets it), CHAT_TYPE (messages or documents).
+Environment: GATEWAY_URL (default ws://localhost:3000/ws/chat), CHAT_TOKEN (default: development
+tokens signed with JWT_SECRET, as scripts/run.sh sets it, renewed before they expire), CHAT_TYPE
+(messages or documents), CHAT_ID (an existing chat to continue).
+
+The client reconnects by itself (try restarting the gateway while an answer streams) and raises
+typed errors: ``RateLimited.retry_after`` says how long to wait.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import time
 
 import jwt
-import websockets
+
+from chat_client import AnswerChunk, AnswerEnd, ChatClient, RateLimited, ServerError
 
 
-async def main(question: str) -> None:
-    url = os.environ.get("GATEWAY_URL", "ws://localhost:3000/ws/chat")
+def token_provider() -> str:
+    """A fresh development token each call; a real application asks its identity provider."""
+    if token := os.environ.get("CHAT_TOKEN"):
+        return token
     secret = os.environ.get("JWT_SECRET", "dev-secret-change-me-in-production-0123456789")
-    token = os.environ.get("CHAT_TOKEN") or jwt.encode(
-        {"sub": "demo-user", "exp": int(time.time()) + 3600}, secret, algorithm="HS256"
-    )
-    async with websockets.connect(url, compression=None) as ws:
-        chat_type = os.environ.get("CHAT_TYPE", "messages")
-        await ws.send(json.dumps({"type": "join_chat", "data": {"token": token, "chatType": chat_type}}))
-        joined = json.loads(await ws.recv())
-        if joined["type"] == "error":
-            raise SystemExit(f"join failed: {joined['data']}")
-        print(f"joined {chat_type} chat {joined['data']['chatId']}", file=sys.stderr)
-        await ws.send(json.dumps({"type": "send_message", "data": {"content": question}}))
-        while True:
-            frame = json.loads(await ws.recv())
-            if frame["type"] == "response_chunk":
-                print(frame["data"]["delta"], end="", flush=True)
-            elif frame["type"] == "response_end":
-                print(f"\n[{frame['data']['finishReason']}, usage {frame['data']['usage']}]", file=sys.stderr)
-                return
-            elif frame["type"] == "error":
-                raise SystemExit(f"error: {frame['data']}")
+    return jwt.encode({"sub": "demo-user", "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
+
+
+async def main(question: str) -> int:
+    url = os.environ.get("GATEWAY_URL", "ws://localhost:3000/ws/chat")
+    chat_type = "documents" if os.environ.get("CHAT_TYPE") == "documents" else "messages"
+    try:
+        client = await ChatClient.connect(url, token_provider, chat_type=chat_type, chat_id=os.environ.get("CHAT_ID"))
+    except ServerError as exc:
+        print(f"could not join: {exc}", file=sys.stderr)
+        return 1
+    async with client:
+        print(f"joined {client.chat_type} chat {client.chat_id} as {client.user_id}", file=sys.stderr)
+        try:
+            answer = await client.send(question)
+        except RateLimited as exc:
+            print(f"rate limited: try again in {exc.retry_after:.0f} s", file=sys.stderr)
+            return 2
+        async for event in answer:
+            if isinstance(event, AnswerChunk):
+                print(event.delta, end="", flush=True)
+            elif isinstance(event, AnswerEnd):
+                print(f"\n[{event.finish_reason}, usage {event.usage}]", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main(" ".join(sys.argv[1:]) or "What must a valid contract contain?"))
+    raise SystemExit(asyncio.run(main(" ".join(sys.argv[1:]) or "What must a valid contract contain?")))

@@ -8,6 +8,8 @@ bash scripts/bootstrap.sh
 bash scripts/services.sh
 
 export JWT_SECRET="${JWT_SECRET:-dev-secret-change-me-in-production-0123456789}"
+# local trials only: the chat page signs in with tokens from POST /api/dev/token (off by default)
+export DEV_TOKENS_ENABLED="${DEV_TOKENS_ENABLED:-true}"
 WORKERS="${WORKERS:-1}"
 pids=()
 stop() { trap - INT TERM EXIT; kill -TERM "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; }
@@ -25,6 +27,7 @@ for _ in $(seq 1 60); do
 done
 cat <<MSG
 
+  chat page http://localhost:${GATEWAY_PORT:-3000}/chat/
   gateway   ws://localhost:${GATEWAY_PORT:-3000}/ws/chat   (health: http://localhost:${GATEWAY_PORT:-3000}/api/websocket/health)
   monitor   http://localhost:${MONITOR_PORT:-3100}/api/websocket/health
   a token   $(.venv/bin/chat-dev-token demo-user)

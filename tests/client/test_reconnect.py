@@ -9,14 +9,15 @@ import uuid
 from chat_client import NO_RECONNECT, AnswerChunk, Backoff, ChatClient
 from tests.support.client import make_token
 from tests.support.cluster import Cluster
-from tests.support.processes import free_port
+from tests.support.processes import ServiceProcess, free_port
 
 
-async def test_reconnects_after_the_gateway_restarts_and_keeps_the_chat(cluster: Cluster) -> None:
-    await cluster.fake_openai()
+async def test_reconnects_after_the_gateway_restarts_and_keeps_the_chat(client_cluster: Cluster) -> None:
+    """A gateway of the test's own (the shared cluster's worker answers) is killed mid-answer and started
+    again on its port: the client reconnects, rejoins its chat and gets the whole answer."""
+    cluster = client_cluster
     port = free_port()
     gateway = await cluster.gateway(gateway_port=port)
-    await cluster.worker()
     user = f"lib-restart-{uuid.uuid4().hex[:8]}"
     tokens_issued = 0
 
@@ -25,30 +26,32 @@ async def test_reconnects_after_the_gateway_restarts_and_keeps_the_chat(cluster:
         tokens_issued += 1
         return make_token(user)
 
+    restarted: ServiceProcess | None = None
     client = await ChatClient.connect(
         gateway.extra["ws_url"],
         provider,
         reconnect=Backoff(initial=0.2, maximum=1.0, max_attempts=60),
-        resume_timeout=1.0,
+        resume_timeout=0.5,
     )
     try:
         chat_id = client.chat_id
-        answer = await client.send("[[slow:60]] [[tokens:25]] explain force majeure")
+        # 80 tokens, 100 ms apart: still streaming when the new gateway is up
+        answer = await client.send("[[slow:100]] [[tokens:80]] explain force majeure")
         async for event in answer:
             assert isinstance(event, AnswerChunk)
-            break  # the answer is streaming: now the gateway goes away
-
-        await gateway.stop()
+            break  # the answer is streaming: now the gateway dies
+        gateway.kill()
         assert await _disconnected(client)
-        await cluster.gateway(gateway_port=port)
+        restarted = await cluster.gateway(gateway_port=port)
 
         # the interrupted answer ends: resumed by the gateway, or read back from the chat's history
-        end = await asyncio.wait_for(answer.result(), 20)
+        end = await asyncio.wait_for(answer.result(), 30)
         assert end.finish_reason in ("stop", "cancelled")
         assert answer.text == end.content
         assert end.content, "the answer has its text"
 
-        assert client.connected
+        # the gateway drains on SIGTERM: the answer may end before the close, and the reconnect after it
+        assert await _connected(client)
         assert client.reconnects == 1
         assert client.chat_id == chat_id, "the client rejoined the chat it was in"
         assert tokens_issued >= 2, "the reconnect asked the provider for a token"
@@ -57,6 +60,16 @@ async def test_reconnects_after_the_gateway_restarts_and_keeps_the_chat(cluster:
         assert [m.role for m in client.history][:1] == ["user"]
     finally:
         await client.close()
+        await gateway.stop()
+        if restarted is not None:
+            await restarted.stop()
+
+
+async def _connected(client: ChatClient, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while not client.connected and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return client.connected
 
 
 async def _disconnected(client: ChatClient, timeout: float = 10) -> bool:
@@ -66,12 +79,10 @@ async def _disconnected(client: ChatClient, timeout: float = 10) -> bool:
     return not client.connected
 
 
-async def test_token_is_refreshed_before_it_expires(cluster: Cluster) -> None:
-    """Tokens live 3 s and the gateway sweeps expired ones every 250 ms: only refreshing keeps a connection."""
-    await cluster.fake_openai()
-    gateway = await cluster.gateway(JWT_LEEWAY=0, WS_CLEANUP_INTERVAL=250)
-    await cluster.worker()
-    url = gateway.extra["ws_url"]
+async def test_token_is_refreshed_before_it_expires(client_gateway: ServiceProcess) -> None:
+    """Tokens live 3 s and the gateway (JWT_LEEWAY=0) closes a connection when its token expires:
+    only refreshing keeps one open."""
+    url = client_gateway.extra["ws_url"]
     user = f"lib-refresh-{uuid.uuid4().hex[:8]}"
     issued: list[str] = []
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import signal
 import time
 
+import httpx
+
 from tests.gateway.conftest import connect, joined, until_closed, user
 from tests.support.client import ChatClient, make_token
 from tests.support.cluster import Cluster
+from tests.support.processes import free_port
 
 SLOT_TTL_MS = 1500
 
@@ -79,3 +82,24 @@ async def test_limits_hold_across_gateways_and_a_killed_gateway_frees_its_slots(
     freed_after = time.monotonic() - killed_at
     assert freed_after <= SLOT_TTL_MS / 1000 + 1.0
     del held
+
+
+async def test_without_redis_the_limits_fall_back_to_the_process(cluster: Cluster) -> None:
+    """REDIS_URL set but nothing answers there: the gateway starts, and limits hold per process."""
+    gateway = await cluster.gateway(
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        WS_MAX_CONNECTIONS_PER_USER=1,
+        WS_RATE_LIMIT_MAX_MESSAGES=1,
+    )
+    url = gateway.extra["ws_url"]
+    token = make_token(user("no-redis"))
+    client = await joined(url, token)
+    assert await refused_on(url, token) == "TOO_MANY_CONNECTIONS"
+    assert (await send(client, "one"))["type"] == "message_accepted"
+    limited = await send(client, "two")
+    assert limited["type"] == "error"
+    assert "Redis unreachable" in gateway.log_path.read_text()
+    async with httpx.AsyncClient(timeout=5) as http:
+        health = (await http.get(f"{gateway.extra['http_url']}/api/websocket/health")).json()
+    assert any("Redis unreachable" in issue for issue in health["issues"])
+    await client.close()

@@ -33,6 +33,8 @@ LIMITS = {
     "WS_AUTH_TIMEOUT": 800,
     "WS_MAX_UNAUTHENTICATED_PER_ADDRESS": 3,
     "JWT_LEEWAY": 0,
+    "WS_MAX_TOKENS": 5,
+    "WS_PING_INTERVAL": 500,
 }
 
 
@@ -99,6 +101,26 @@ async def still_unrefused(client: ChatClient) -> None:
     """Nothing arrives on a socket waiting to authenticate (it is neither refused nor closed)."""
     with pytest.raises(TimeoutError):
         await client.recv(timeout=0.1)
+
+
+async def test_a_dead_peer_is_dropped_by_protocol_pings_and_its_slot_freed(url: str) -> None:
+    token = make_token(user("dead-peer"))
+    silent, alive = await joined(url, token), await joined(url, token)
+    silent.ws.transport.pause_reading()  # TCP stays up, but pings go unanswered: a vanished peer
+    started = time.monotonic()
+
+    async def slot_free() -> bool:
+        client = await connect(url)
+        frame = await client.join(token)
+        await client.close()
+        return frame["type"] == "chat_joined"
+
+    waited = await eventually(slot_free, timeout=5, every=0.1)
+    assert time.monotonic() - started < 2.5  # WS_PING_INTERVAL=500: ping, then 500 ms for the pong
+    await still_open(alive)  # a peer that answers its pings stays
+    assert waited > 0.3
+    silent.ws.transport.abort()
+    await alive.close()
 
 
 # ---------------------------------------------------------------------------- authentication
@@ -253,6 +275,19 @@ async def test_text_that_is_not_utf8_fails_the_connection(url: str) -> None:
     assert ending.errors == ["INVALID_MESSAGE"]
     assert ending.code == 1007  # RFC 6455 §8.1
     assert ending.reason == "INVALID_MESSAGE"
+
+
+async def test_answers_are_capped_at_ws_max_tokens(module_cluster: Cluster, url: str) -> None:
+    await module_cluster.fake_openai(FAKE_OPENAI_FIRST_TOKEN_MS=0, FAKE_OPENAI_TOKENS_PER_SECOND=0)
+    await module_cluster.worker()
+    client = await joined(url, make_token(user("tokens")))
+    answer = await client.ask("[[tokens:50]] tell me everything", timeout=30)
+    assert answer.end is not None, answer.error
+    assert answer.end["finishReason"] == "length"
+    assert answer.end["usage"]["completionTokens"] == 5  # WS_MAX_TOKENS=5
+    requests = await module_cluster.openai_requests()
+    assert requests[-1]["max_tokens"] == 5
+    await client.close()
 
 
 # ---------------------------------------------------------------------------- frame size

@@ -22,6 +22,8 @@ class Cluster:
         self.log_dir = log_dir
         self.processes: list[ServiceProcess] = []
         self.openai_url: str | None = None
+        self.start_timeout = 30.0
+        """seconds a process has to answer its health check after it was started."""
 
     def base_env(self, **overrides: str | int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("WS_", "OPENAI_", "LLM_", "JWT_", "FAKE_"))}
@@ -82,7 +84,7 @@ class Cluster:
             http_url=f"http://127.0.0.1:{port}",
             instance_id=instance,
         )
-        return await process.start()
+        return await process.start(timeout=self.start_timeout)
 
     async def worker(self, **env: str | int) -> ServiceProcess:
         port = int(env.pop("worker_metrics_port", free_port()))
@@ -94,7 +96,7 @@ class Cluster:
             f"http://127.0.0.1:{port}/health",
         )
         process.extra.update(port=str(port), instance_id=instance)
-        return await process.start()
+        return await process.start(timeout=self.start_timeout)
 
     async def monitor(self, **env: str | int) -> ServiceProcess:
         port = int(env.pop("monitor_port", free_port()))

@@ -8,6 +8,8 @@ answer with markers: ``[[fail:500]]`` answers that status, ``[[slow:MS]]`` waits
 ``[[tokens:N]]`` makes the answer N tokens long.
 
 ``GET /_requests`` lists the request bodies received; ``DELETE /_requests`` clears them.
+``GET /_streams`` lists the streamed answers: ``question``, tokens ``sent`` of ``total``, ``state``
+(``open``, ``done``, or ``aborted`` when the client closed the stream early), ``ended`` (epoch s).
 
 Run: ``python -m tests.support.fake_openai --port 8099``.
 """
@@ -31,6 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 received: list[dict[str, Any]] = []
+streams: list[dict[str, Any]] = []
 
 FIRST_TOKEN_MS = int(os.environ.get("FAKE_OPENAI_FIRST_TOKEN_MS", "0"))
 TOKENS_PER_SECOND = float(os.environ.get("FAKE_OPENAI_TOKENS_PER_SECOND", "0"))
@@ -100,7 +103,22 @@ async def completions(request: Request) -> Response:
             }
         )
 
+    record: dict[str, Any] = {"question": question, "sent": 0, "total": len(tokens), "state": "open", "ended": None}
+    streams.append(record)
+
     async def events() -> AsyncIterator[bytes]:
+        try:
+            async for part in _stream():
+                yield part
+        except BaseException:
+            record["state"] = "aborted"
+            raise
+        else:
+            record["state"] = "done"
+        finally:
+            record["ended"] = time.time()
+
+    async def _stream() -> AsyncIterator[bytes]:
         if FIRST_TOKEN_MS:
             await asyncio.sleep(FIRST_TOKEN_MS / 1000)
         yield _chunk(completion_id, model, {"role": "assistant", "content": ""}, None)
@@ -111,6 +129,7 @@ async def completions(request: Request) -> Response:
                 if delay > 0:
                     await asyncio.sleep(delay)
             yield _chunk(completion_id, model, {"content": token}, None)
+            record["sent"] = index + 1
         yield _chunk(completion_id, model, {}, finish)
         if (body.get("stream_options") or {}).get("include_usage"):
             final = {
@@ -134,9 +153,14 @@ async def list_requests(request: Request) -> Response:
     return JSONResponse(received)
 
 
+async def list_streams(request: Request) -> Response:
+    return JSONResponse(streams)
+
+
 app = Starlette(
     routes=[
         Route("/v1/chat/completions", completions, methods=["POST"]),
+        Route("/_streams", list_streams, methods=["GET"]),
         Route("/_requests", list_requests, methods=["GET", "DELETE"]),
     ]
 )

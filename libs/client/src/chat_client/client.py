@@ -10,8 +10,9 @@ Contract:
 - After that, a dropped connection is restored with jittered exponential backoff (``Backoff``): a new
   token is taken from the provider, the current chat is joined again with the ``messageId`` and
   ``lastSeq`` of the answer being streamed, so a gateway that can resume sends the rest. When the
-  gateway does not resume, the answer is completed from the chat's history once it is stored there,
-  or fails with ``AnswerInterrupted``. Requests waiting for a direct answer when the socket dropped
+  gateway does not resume, the answer is completed from the chat's history once it is stored there
+  (looked up every ``resume_timeout`` seconds while nothing streams), or fails with
+  ``AnswerInterrupted`` after ``recover_within`` seconds. Requests waiting for a direct answer when the socket dropped
   fail with ``ConnectionLost`` (a ``send`` not yet accepted included: it may or may not be stored).
 - A token provider is called again ``refresh_margin`` seconds before the token's ``exp`` (at most
   half-way through its life) and the new token is sent with ``refresh_token``.
@@ -64,7 +65,6 @@ except ImportError:  # pragma: no cover - orjson is optional
 logger = logging.getLogger("chat_client")
 
 ChatType = Literal["documents", "messages"]
-_RESUME_CHECKS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +89,10 @@ class ChatSummary:
     chat_type: ChatType
     title: str | None
     updated_at: str
+
+
+def _progress(answer: Answer) -> tuple[int | None, int]:
+    return answer.last_seq, len(answer._parts)
 
 
 def _history(items: Any) -> tuple[HistoryMessage, ...]:
@@ -122,6 +126,7 @@ class ChatClient:
         request_timeout: float = 15.0,
         open_timeout: float = 10.0,
         resume_timeout: float = 5.0,
+        recover_within: float = 120.0,
         ping_interval: float | None = 20.0,
         max_size: int = 2**22,
         origin: str | None = None,
@@ -140,6 +145,8 @@ class ChatClient:
         self.request_timeout = request_timeout
         self.open_timeout = open_timeout
         self.resume_timeout = resume_timeout
+        self.recover_within = recover_within
+        self._recover_until = 0.0
         self._token_source = token
         self._backoff = reconnect if reconnect is not None else Backoff()
         self._connect_options: dict[str, Any] = {
@@ -163,6 +170,7 @@ class ChatClient:
         self._fatal: ChatClientError | None = None
         self._refresh_timer: asyncio.TimerHandle | None = None
         self._recovery_timer: asyncio.TimerHandle | None = None
+        self._progress: dict[int, tuple[int | None, int]] = {}
         self._side_tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -358,7 +366,8 @@ class ChatClient:
         self.user_id = joined.get("userId")
         self._enter(joined)
         self._schedule_refresh(token, None)
-        self._recover_answers(check=0)
+        self._recover_until = time.monotonic() + self.recover_within
+        self._recover_answers()
 
     async def _read_forever(self, ws: ClientConnection) -> None:
         """The reader: dispatch frames; when the socket drops, reconnect and go on reading."""
@@ -497,7 +506,7 @@ class ChatClient:
         candidates = [a for a in self._answers.values() if a.message_id and a.chat_id == self.chat_id and not a.done]
         return candidates[-1] if candidates else None
 
-    def _recover_answers(self, *, check: int) -> None:
+    def _recover_answers(self) -> None:
         """After a (re)join: finish the answers whose end is in the history; check the rest again later."""
         waiting = False
         for answer in list(self._answers.values()):
@@ -513,15 +522,22 @@ class ChatClient:
                 self._fail(answer, UpstreamError("The language model failed to answer", message_id=stored.id))
             else:
                 reason = "cancelled" if stored.status == "cancelled" else "stop"
+                logger.info("answer %s completed from the chat history after a reconnect", stored.id)
                 answer._on_start(stored.id)
                 answer._on_end(AnswerEnd(stored.id, stored.content, reason, recovered=True))
                 self._forget(answer)
-        if waiting and not self._closing:
-            if self._recovery_timer is not None:
-                self._recovery_timer.cancel()
-            self._recovery_timer = asyncio.get_running_loop().call_later(
-                self.resume_timeout, lambda: self._spawn(self._check_unfinished(check + 1))
-            )
+        if waiting:
+            self._schedule_check()
+
+    def _schedule_check(self) -> None:
+        if self._closing:
+            return
+        if self._recovery_timer is not None:
+            self._recovery_timer.cancel()
+        self._progress = {a.request_id: _progress(a) for a in self._answers.values() if not a.done}
+        self._recovery_timer = asyncio.get_running_loop().call_later(
+            self.resume_timeout, lambda: self._spawn(self._check_unfinished())
+        )
 
     def _stored_answer(self, answer: Answer) -> HistoryMessage | None:
         after_question = False
@@ -534,19 +550,27 @@ class ChatClient:
                 return message
         return None
 
-    async def _check_unfinished(self, check: int) -> None:
-        """Answers still open ``resume_timeout`` after a rejoin: look at the history again, then give up."""
-        if self._closing or not any(not a.done and a.user_message_id for a in self._answers.values()):
+    async def _check_unfinished(self) -> None:
+        """Every ``resume_timeout`` after a rejoin while answers are open: those that received nothing
+        since are looked up in the history again; ``recover_within`` after the rejoin they are given up."""
+        self._recovery_timer = None
+        open_answers = [a for a in self._answers.values() if not a.done and a.user_message_id is not None]
+        if self._closing or not open_answers:
             return
-        if check > _RESUME_CHECKS:
-            for answer in list(self._answers.values()):
-                if answer.user_message_id is not None:
-                    self._fail(answer, AnswerInterrupted("the answer was cut off by a reconnect"))
+        stalled = [a for a in open_answers if self._progress.get(a.request_id) == _progress(a)]
+        if not stalled:  # every open answer is streaming (resumed): keep an eye on it, no more
+            self._schedule_check()
+            return
+        if time.monotonic() > self._recover_until:
+            for answer in stalled:
+                self._fail(answer, AnswerInterrupted("the answer was cut off by a reconnect"))
+            if len(stalled) < len(open_answers):
+                self._schedule_check()
             return
         if self.chat_id is not None:
             with contextlib.suppress(ChatClientError, TimeoutError):
                 await self.switch_chat(self.chat_id, self.chat_type)  # answers with the chat's history
-        self._recover_answers(check=check)
+        self._recover_answers()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         if self._closing:

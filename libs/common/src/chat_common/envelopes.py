@@ -36,15 +36,28 @@ class ChatRequest(BaseModel):
     max_tokens: int
 
 
+CancelReason = Literal["cancelled", "disconnected", "timeout"]
+
+
 class ControlMessage(BaseModel):
-    """Broadcast to every worker: stop the answer for a request, or for every request of a connection."""
+    """Broadcast to every worker on ``chat.control``.
+
+    ``cancel``: stop the answer for ``request_id``, or every answer streaming to ``connection_id``.
+    ``disconnected`` is not acted on at once: the worker waits ``RESUME_GRACE`` for a ``resume``.
+    ``resume``: the worker holding the answer ``message_id`` of ``user_id`` sends it from now on to
+    ``connection_id`` on the gateway ``reply_to``, replaying the chunks after ``last_seq`` first.
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    kind: Literal["cancel"]
+    kind: Literal["cancel", "resume"]
     request_id: str | None = None
     connection_id: str | None = None
-    reason: Literal["cancelled", "disconnected"] = "cancelled"
+    reason: CancelReason = "cancelled"
+    message_id: str | None = None
+    user_id: str | None = None
+    reply_to: str | None = None
+    last_seq: int = -1
 
 
 class ReplyHeaders(BaseModel):
@@ -56,9 +69,12 @@ class ReplyHeaders(BaseModel):
     message_id: str
     seq: int
     attempt: int = 1
+    """delivery of the request that produced this frame; a higher one restarts the answer."""
+    code: str | None = None
+    """error code of an ``error`` frame."""
 
     def to_amqp(self) -> dict[str, Any]:
-        return {
+        headers: dict[str, Any] = {
             "k": self.kind,
             "c": self.connection_id,
             "r": self.request_id,
@@ -66,6 +82,9 @@ class ReplyHeaders(BaseModel):
             "s": self.seq,
             "a": self.attempt,
         }
+        if self.code is not None:
+            headers["e"] = self.code
+        return headers
 
     @classmethod
     def from_amqp(cls, headers: dict[str, Any]) -> ReplyHeaders:
@@ -80,6 +99,7 @@ class ReplyHeaders(BaseModel):
             message_id=text("m"),
             seq=int(headers["s"]),
             attempt=int(headers.get("a", 1)),
+            code=text("e") if "e" in headers else None,
         )
 
 

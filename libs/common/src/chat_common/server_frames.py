@@ -68,7 +68,15 @@ class ResponseStartData(_Data):
     messageId: str = Field(description="id of the assistant message being generated")
     chatId: str
     userMessageId: str | None = Field(default=None, description="the question this answers")
-    attempt: int | None = Field(default=None, description="present from the second delivery of a request on")
+    attempt: int | None = Field(
+        default=None,
+        description="present from the second delivery of a request on: the answer starts again from the"
+        " beginning, drop what was received of this message",
+    )
+    resumed: bool | None = Field(
+        default=None,
+        description="true when this connection rejoined with messageId/lastSeq: the chunks after lastSeq follow",
+    )
 
 
 class ResponseChunkData(_Data):

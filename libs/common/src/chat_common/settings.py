@@ -68,6 +68,15 @@ class Settings(BaseSettings):
     jwt_leeway: Annotated[int, Field(ge=0)] = 5
     """seconds of clock skew tolerated on ``exp`` and ``nbf``."""
 
+    # --- the browser chat page and development tokens ---
+    chat_page_enabled: bool = True
+    """serve the chat page at ``/chat/`` (static files, no token inside); turn off in production if unwanted."""
+    dev_tokens_enabled: bool = False
+    """``POST /api/dev/token`` signs a token for any user id with ``JWT_SECRET``: local trials only,
+    never in production (``scripts/run.sh`` turns it on)."""
+    dev_token_ttl: Annotated[int, Field(ge=10_000)] = 3_600_000
+    """ms a development token lives."""
+
     # --- the LLM ---
     openai_api_key: str | None = None
     openai_base_url: str | None = None
@@ -99,6 +108,12 @@ class Settings(BaseSettings):
     publish_timeout: PositiveInt = 5_000
     """ms a publish (with its confirm) may take before the client gets ``BUSY``."""
     busy_retry_after: PositiveInt = 2_000
+    resume_grace: Annotated[int, Field(ge=0)] = 10_000
+    """ms a worker keeps generating for a closed connection, waiting for the client to resume."""
+    shutdown_grace: Annotated[int, Field(ge=0)] = 25_000
+    """ms a stopping gateway or worker lets in-flight answers run before it closes or requeues them."""
+    shutdown_spread: Annotated[int, Field(ge=0)] = 3_000
+    """ms over which a stopping gateway spreads the 1012 closes of its idle connections."""
     history_limit: PositiveInt = 50
     """messages returned in ``history`` and sent to the model as context."""
     chunk_coalesce_ms: Annotated[int, Field(ge=0)] = 50

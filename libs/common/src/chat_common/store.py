@@ -18,6 +18,19 @@ from chat_common.migrations import apply_migrations
 
 MessageStatus = Literal["accepted", "complete", "cancelled", "failed"]
 
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+)
+"""what PostgreSQL being away looks like (refused, reset, terminated, restarting, pool closing):
+a transient condition the caller reports as ``BUSY`` or retries, never a bug."""
+
+CONNECT_TIMEOUT_S = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class Chat:
@@ -44,6 +57,16 @@ class StoredMessage:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    content: str
+    status: str
+    finish_reason: str | None
+    error_code: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
 def parse_uuid(value: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(value)
@@ -54,12 +77,25 @@ def parse_uuid(value: str) -> uuid.UUID | None:
 async def create_pool(dsn: str, *, max_size: int = 10, migrate: bool = True) -> asyncpg.Pool:
     """A connection pool; with ``migrate`` the schema is brought up to date first."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=max_size, command_timeout=10, max_inactive_connection_lifetime=60
+        dsn,
+        min_size=1,
+        max_size=max_size,
+        command_timeout=10,
+        max_inactive_connection_lifetime=60,
+        timeout=CONNECT_TIMEOUT_S,
+        reset=_keep_session,
     )
     if migrate:
         async with pool.acquire() as connection:
             await apply_migrations(connection)
     return pool
+
+
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Release without the default reset query (``RESET ALL``, ``UNLISTEN *``, ``CLOSE ALL``,
+    ``pg_advisory_unlock_all()``): one more round trip for every query, and this code sets no session
+    state, listens to nothing and holds no advisory lock past the migration, which unlocks its own.
+    An open transaction is still rolled back by asyncpg before this runs."""
 
 
 class ChatStore:
@@ -143,13 +179,20 @@ class ChatStore:
                 content,
             )
 
-    async def mark_request(self, request_id: str, status: MessageStatus, *, error_code: str | None = None) -> None:
-        """Record what became of a request on its user message (answered, failed with a code)."""
+    async def mark_request(
+        self, request_id: str, status: MessageStatus, *, error_code: str | None = None, only_open: bool = False
+    ) -> None:
+        """Record what became of a request on its user message (answered, failed with a code).
+
+        With ``only_open`` an outcome recorded before (an answer, another failure) is kept.
+        """
         await self.pool.execute(
-            "UPDATE messages SET status = $2, error_code = $3 WHERE request_id = $1 AND role = 'user'",
+            "UPDATE messages SET status = $2, error_code = $3 WHERE request_id = $1 AND role = 'user'"
+            " AND (NOT $4 OR status = 'accepted')",
             uuid.UUID(request_id),
             status,
             error_code,
+            only_open,
         )
 
     async def add_assistant_message(
@@ -190,6 +233,24 @@ class ChatStore:
                     error_code,
                 )
             return bool(inserted)
+
+    async def get_answer(self, request_id: str) -> StoredAnswer | None:
+        """The stored answer to a request, if any (to re-send it when a redelivery finds it)."""
+        row = await self.pool.fetchrow(
+            "SELECT content, status, finish_reason, error_code, prompt_tokens, completion_tokens"
+            " FROM messages WHERE request_id = $1 AND role = 'assistant'",
+            uuid.UUID(request_id),
+        )
+        if row is None:
+            return None
+        return StoredAnswer(
+            content=row["content"],
+            status=row["status"],
+            finish_reason=row["finish_reason"],
+            error_code=row["error_code"],
+            prompt_tokens=row["prompt_tokens"],
+            completion_tokens=row["completion_tokens"],
+        )
 
     async def answer_exists(self, request_id: str) -> bool:
         return bool(

@@ -20,6 +20,10 @@ CONTROL_EXCHANGE = "chat.control"
 TELEMETRY_EXCHANGE = "chat.telemetry"
 DEAD_LETTER_EXCHANGE = "chat.dead-letter"
 DEAD_LETTER_QUEUE = "chat.requests.dead"
+DEAD_NOTICE_QUEUE = "chat.requests.dead.notice"
+"""a second copy of every dead letter, consumed by workers to tell the client and record the failure
+(``chat.requests.dead`` keeps its copy for operators)."""
+DEAD_NOTICE_MAX_LENGTH = 10_000
 
 REPLY_QUEUE_EXPIRES_MS = 60_000
 """a gateway's reply queue outlives a broker reconnect, not the gateway."""
@@ -50,12 +54,22 @@ async def declare_requests(channel: AbstractChannel, settings: Settings) -> Abst
     dead = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
     dead_queue = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
     await dead_queue.bind(dead)
+    notices = await channel.declare_queue(DEAD_NOTICE_QUEUE, durable=True, arguments=dead_notice_arguments())
+    await notices.bind(dead)
     for chat_type in CHAT_TYPES:
         queue = await channel.declare_queue(
             request_queue_name(chat_type), durable=True, arguments=request_queue_arguments(settings)
         )
         await queue.bind(exchange, routing_key=chat_type)
     return exchange
+
+
+def dead_notice_arguments() -> dict[str, Any]:
+    return {"x-max-length": DEAD_NOTICE_MAX_LENGTH, "x-overflow": "drop-head"}
+
+
+async def dead_notice_queue(channel: AbstractChannel) -> AbstractQueue:
+    return await channel.declare_queue(DEAD_NOTICE_QUEUE, durable=True, arguments=dead_notice_arguments())
 
 
 async def request_queues(channel: AbstractChannel, settings: Settings) -> list[AbstractQueue]:

@@ -11,6 +11,7 @@ from chat_common.process import raise_nofile_limit
 from chat_common.settings import load_settings
 from chat_common.telemetry import setup_tracing
 from chat_gateway.app import create_app
+from chat_gateway.drain import GatewayServer
 from chat_gateway.ws_protocol import GatewayWebSocketProtocol
 
 logger = logging.getLogger("chat_gateway")
@@ -32,7 +33,7 @@ def main() -> None:
         settings.gateway_port,
         limit,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.gateway_port,
@@ -43,11 +44,13 @@ def main() -> None:
         ws_ping_interval=settings.ws_ping_interval / 1000,
         ws_ping_timeout=settings.ws_ping_interval / 1000,
         backlog=4096,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=10,
         log_config=None,
         access_log=False,
         lifespan="on",
     )
+    server = GatewayServer(config, grace_s=settings.shutdown_grace / 1000, spread_s=settings.shutdown_spread / 1000)
+    server.run()
 
 
 if __name__ == "__main__":

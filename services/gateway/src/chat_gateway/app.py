@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
 
 from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, Response
@@ -22,6 +23,7 @@ from chat_gateway.admission import AdmissionStore, LocalAdmission
 from chat_gateway.auth import TokenVerifier
 from chat_gateway.broker import GatewayBroker
 from chat_gateway.metrics import GatewayMetrics
+from chat_gateway.page import mount_chat_page
 from chat_gateway.registry import ConnectionRegistry
 from chat_gateway.replies import ReplyRouter
 from chat_gateway.session import serve
@@ -47,7 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
         pool = await create_pool(settings.database_url, max_size=settings.database_pool_size)
         registry, metrics = ConnectionRegistry(), GatewayMetrics()
         broker = GatewayBroker(settings)
-        router = ReplyRouter(registry, broker, metrics)
+        router = ReplyRouter(registry, broker, metrics, request_timeout_s=settings.request_timeout / 1000)
         admission = await make_admission(settings)
         state = GatewayState(
             settings=settings,
@@ -84,7 +86,16 @@ def create_app(settings: Settings) -> FastAPI:
             await admission.close()
             await pool.close()
 
-    app = FastAPI(title="chat-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="chat-gateway",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        # FastAPI's own telemetry would hold a span (and its operation spans) open for the whole life
+        # of every WebSocket connection: memory per connection and a trace that lasts for hours.
+        # Messages are traced one by one from the publish on; HTTP requests keep their spans.
+        telemetry={"exclude": _is_websocket},
+    )
 
     @app.websocket("/ws/chat")
     async def chat_socket(websocket: WebSocket) -> None:
@@ -99,7 +110,12 @@ def create_app(settings: Settings) -> FastAPI:
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(app.state.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    mount_chat_page(app, settings)
     return app
+
+
+def _is_websocket(scope: MutableMapping[str, Any]) -> bool:
+    return bool(scope.get("type") == "websocket")
 
 
 def _telemetry(broker: GatewayBroker):  # type: ignore[no-untyped-def]
@@ -119,6 +135,8 @@ def health_report(state: GatewayState) -> HealthReport:
     ).check(capacity=state.settings.ws_max_connections, thresholds=HealthThresholds())
     if not state.broker.connected:
         report.flag("critical", "not connected to RabbitMQ")
+    if getattr(state.admission, "degraded", False):
+        report.flag("warning", "Redis unreachable: connection and rate limits hold per gateway only")
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import unicodedata
@@ -27,7 +28,7 @@ from chat_common.frames import (
     error_frame,
     pong_frame,
 )
-from chat_common.store import Chat
+from chat_common.store import UNAVAILABLE_ERRORS, Chat, StoredMessage
 from chat_gateway.auth import Identity
 from chat_gateway.connection import Connection, PendingRequest
 from chat_gateway.refusals import Refusal, is_refusal, reason_of, record_refusal
@@ -59,6 +60,15 @@ class FrameHandler:
             await self._run(frame)
         except ChatError as error:
             await self.reject(error, frame.requestId)
+        except UNAVAILABLE_ERRORS as exc:
+            # PostgreSQL (or another store) is away: a clear, retryable answer, not INTERNAL
+            logger.warning("connection %s: %s failed: store unavailable (%s)", self.connection.id, frame.type, exc)
+            busy = ChatError(
+                ErrorCode.BUSY,
+                "Server busy: storage unavailable, try again later",
+                retry_after_ms=self.state.settings.busy_retry_after,
+            )
+            await self.reject(busy, frame.requestId)
         except Exception:
             logger.exception("connection %s: %s failed", self.connection.id, frame.type)
             self.state.metrics.errors.labels(ErrorCode.INTERNAL.value).inc()
@@ -158,7 +168,37 @@ class FrameHandler:
             chat = await self.state.store.create_chat(self._user(), frame.data.chatType)
         else:
             chat = await self._owned_chat(frame.data.chatId, frame.data.chatType)
-        await self._enter(chat, "chat_joined", frame.requestId, with_user=True)
+        history = await self._enter(chat, "chat_joined", frame.requestId, with_user=True)
+        wanted = frame.data.messageId
+        if wanted is not None and frame.data.chatId is not None and all(m.id != wanted for m in history):
+            await self.resume(wanted, frame.data.lastSeq)
+
+    async def resume(self, message_id: str, last_seq: int | None) -> None:
+        """Ask the worker streaming answer ``message_id`` to continue it on this connection, after
+        ``last_seq``; an answer already stored is in the history the client just received."""
+        connection = self.connection
+        if message_id in connection.resumes or any(
+            p.assistant_message_id == message_id for p in connection.pending.values()
+        ):
+            return
+        pending = PendingRequest(
+            request_id="",
+            user_message_id="",
+            assistant_message_id=message_id,
+            chat_id=connection.chat_id or "",
+            started=time.monotonic(),
+        )
+        self.state.router.expect_resume(connection, pending)
+        await self.state.broker.publish_control(
+            ControlMessage(
+                kind="resume",
+                message_id=message_id,
+                user_id=self._user(),
+                connection_id=connection.id,
+                reply_to=self.state.settings.instance_id,
+                last_seq=-1 if last_seq is None else last_seq,
+            )
+        )
 
     async def open_chat(self, chat_id: str, chat_type: ChatType, reply: str, request_id: RequestIdT) -> None:
         chat = await self._owned_chat(chat_id, chat_type)
@@ -175,7 +215,9 @@ class FrameHandler:
             raise ChatError(ErrorCode.CHAT_NOT_FOUND)
         return chat
 
-    async def _enter(self, chat: Chat, reply: str, request_id: RequestIdT, *, with_user: bool = False) -> None:
+    async def _enter(
+        self, chat: Chat, reply: str, request_id: RequestIdT, *, with_user: bool = False
+    ) -> list[StoredMessage]:
         history = await self.state.store.history(chat.id, limit=self.state.settings.history_limit)
         self._move_to(chat)
         data: dict[str, Any] = {"chatId": chat.id, "chatType": chat.chat_type}
@@ -183,6 +225,7 @@ class FrameHandler:
             data["userId"] = self.connection.user_id
         data["history"] = [message.to_client() for message in history]
         self.connection.send(encode_frame(reply, data, request_id))
+        return history
 
     def _move_to(self, chat: Chat) -> None:
         self.connection.chat_id = chat.id
@@ -256,23 +299,11 @@ class FrameHandler:
             await state.broker.publish_request(request)
         except ChatError as error:
             state.router.finish(connection, pending, error_code=error.code.value)
-            await state.store.mark_request(request.request_id, "failed", error_code=error.code.value)
+            with contextlib.suppress(*UNAVAILABLE_ERRORS):
+                await state.store.mark_request(request.request_id, "failed", error_code=error.code.value)
             error.message_id = request.user_message_id
             raise
-        pending.timer = asyncio.get_running_loop().call_later(settings.request_timeout / 1000, self._timed_out, pending)
-
-    def _timed_out(self, pending: PendingRequest) -> None:
-        if self.connection.pending.get(pending.request_id) is not pending:
-            return
-        pending.timer = None
-        self.state.router.finish(self.connection, pending, error_code=ErrorCode.TIMEOUT.value)
-        self.connection.send(error_frame(ChatError(ErrorCode.TIMEOUT, message_id=pending.assistant_message_id)))
-        task = asyncio.get_running_loop().create_task(
-            self.state.broker.publish_control(
-                ControlMessage(kind="cancel", request_id=pending.request_id, reason="cancelled")
-            )
-        )
-        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        state.router.watch(connection, pending)
 
     async def cancel(self, frame: Cancel) -> None:
         """Stop the answer(s) streaming on this connection; the worker ends them with ``finishReason: cancelled``."""
@@ -284,5 +315,7 @@ class FrameHandler:
         ]
         for pending in targets:
             await self.state.broker.publish_control(
-                ControlMessage(kind="cancel", request_id=pending.request_id, reason="cancelled")
+                ControlMessage(
+                    kind="cancel", request_id=pending.request_id, connection_id=self.connection.id, reason="cancelled"
+                )
             )

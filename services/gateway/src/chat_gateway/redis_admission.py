@@ -21,6 +21,8 @@ import uuid
 from collections.abc import Iterable
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ConstantBackoff
 from redis.exceptions import RedisError
 
 from chat_common.settings import Settings
@@ -28,7 +30,7 @@ from chat_gateway.admission import LocalAdmission
 
 logger = logging.getLogger(__name__)
 
-RETRY_AFTER_FAILURE_S = 1.0
+RETRY_AFTER_FAILURE_S = 2.0
 """after a failed call, Redis is left alone this long (the local limits apply meanwhile)."""
 
 _NOW = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
@@ -109,7 +111,14 @@ class RedisAdmission:
 
     @classmethod
     async def connect(cls, settings: Settings) -> RedisAdmission:
-        client = redis.Redis.from_url(settings.redis_url or "", socket_timeout=2, socket_connect_timeout=2)
+        # A join or a message waits for these calls: fail fast (one quick retry for a blip), and let
+        # the local limits and the back-off of RETRY_AFTER_FAILURE_S carry an outage.
+        client = redis.Redis.from_url(
+            settings.redis_url or "",
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            retry=Retry(ConstantBackoff(0.05), 1),
+        )
         admission = cls(client, slot_ttl_ms=settings.redis_slot_ttl)
         try:
             await client.ping()

@@ -1,11 +1,21 @@
-"""Forward worker replies to the client connection they belong to, in order.
+"""Forward worker replies to the client connection they belong to, in order, one attempt at a time.
 
 The callback does its bookkeeping before its first ``await``: aio-pika starts one task per
 delivery, in delivery order, so queueing the frame synchronously keeps the order of the stream.
+
+Attempts: a request redelivered to another worker (the first one died) is answered again from the
+start, with a higher ``attempt`` in the reply headers and in its ``response_start``. The first frame
+of a newer attempt resets the stream (the client is told by that ``response_start``, which carries
+``attempt``, to drop what it has of the message); frames of an older attempt are dropped, so a
+client never sees two attempts interleaved. An ``error`` ends the request whatever its attempt.
+
+Resume: a connection that rejoins a chat naming an answer still streaming registers a placeholder
+under the answer's message id; the first reply for that message id (the worker's replay) adopts it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -13,6 +23,8 @@ from collections import OrderedDict
 from aio_pika.abc import AbstractIncomingMessage
 
 from chat_common.envelopes import ControlMessage, ReplyHeaders
+from chat_common.errors import ChatError, ErrorCode
+from chat_common.frames import error_frame
 from chat_gateway.broker import GatewayBroker
 from chat_gateway.connection import Connection, PendingRequest
 from chat_gateway.metrics import GatewayMetrics
@@ -20,13 +32,25 @@ from chat_gateway.registry import ConnectionRegistry
 
 logger = logging.getLogger(__name__)
 
+RESUME_WAIT_S = 5.0
+"""how long a resumed connection waits for the worker's replay before it is told the answer is gone."""
+
 
 class ReplyRouter:
-    def __init__(self, registry: ConnectionRegistry, broker: GatewayBroker, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        registry: ConnectionRegistry,
+        broker: GatewayBroker,
+        metrics: GatewayMetrics,
+        *,
+        request_timeout_s: float = 120.0,
+    ) -> None:
         self.registry = registry
         self.broker = broker
         self.metrics = metrics
+        self.request_timeout_s = request_timeout_s
         self._orphans: OrderedDict[str, None] = OrderedDict()
+        self._background: set[asyncio.Task[None]] = set()
 
     async def on_reply(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -35,11 +59,24 @@ class ReplyRouter:
             logger.warning("reply without valid routing headers dropped")
             return
         connection = self.registry.get(headers.connection_id)
-        pending = connection.pending.get(headers.request_id) if connection is not None else None
+        pending = None
+        if connection is not None and not connection.closed:
+            pending = connection.pending.get(headers.request_id) or self._adopt(connection, headers)
         if connection is None or pending is None or connection.closed:
             await self._orphan(headers)
             return
-        if headers.seq < pending.next_seq:
+        if headers.attempt > pending.attempt:
+            if pending.attempt:
+                logger.info(
+                    "request %s restarted by attempt %d on connection %s",
+                    headers.request_id,
+                    headers.attempt,
+                    connection.id,
+                )
+            pending.attempt, pending.next_seq = headers.attempt, 0
+        elif headers.attempt < pending.attempt and headers.kind != "error":
+            return  # a frame of an attempt that was given up
+        if headers.seq < pending.next_seq and headers.kind != "error":
             return  # a duplicate the broker delivered twice
         pending.next_seq = headers.seq + 1
         connection.send(message.body.decode())
@@ -47,15 +84,20 @@ class ReplyRouter:
             pending.first_chunk_at = time.monotonic()
             self.metrics.first_chunk_seconds.observe(pending.first_chunk_at - pending.started)
         elif headers.kind in ("end", "error"):
-            self.finish(connection, pending, error_code="UPSTREAM_ERROR" if headers.kind == "error" else None)
+            error_code = (headers.code or ErrorCode.UPSTREAM_ERROR.value) if headers.kind == "error" else None
+            self.finish(connection, pending, error_code=error_code)
 
     def finish(
         self, connection: Connection, pending: PendingRequest, *, error_code: str | None, record: bool = True
     ) -> None:
         """The request is over for this connection: stop its timer, record its outcome."""
-        connection.pending.pop(pending.request_id, None)
+        if connection.pending.get(pending.request_id) is pending:
+            del connection.pending[pending.request_id]
+        if connection.resumes.get(pending.assistant_message_id) is pending:
+            del connection.resumes[pending.assistant_message_id]
         if pending.timer is not None:
             pending.timer.cancel()
+            pending.timer = None
         self.metrics.in_flight.dec()
         if not record:
             return
@@ -64,13 +106,68 @@ class ReplyRouter:
         if error_code:
             self.metrics.errors.labels(error_code).inc()
 
+    def watch(self, connection: Connection, pending: PendingRequest, timeout_s: float | None = None) -> None:
+        """Start the request's timer: without its end by then, the client gets ``TIMEOUT``."""
+        if pending.timer is not None:
+            pending.timer.cancel()
+        delay = self.request_timeout_s if timeout_s is None else timeout_s
+        pending.timer = asyncio.get_running_loop().call_later(delay, self.expire, connection, pending)
+
+    def expire(self, connection: Connection, pending: PendingRequest) -> None:
+        """The request's time is up: tell the client ``TIMEOUT`` and the worker to stop."""
+        pending.timer = None
+        waiting_resume = connection.resumes.get(pending.assistant_message_id) is pending
+        if not waiting_resume and connection.pending.get(pending.request_id) is not pending:
+            return
+        self.finish(connection, pending, error_code=ErrorCode.TIMEOUT.value)
+        if waiting_resume:
+            text = "Answer not resumed: it is no longer streaming; it will be in the chat history when finished"
+            connection.send(error_frame(ChatError(ErrorCode.TIMEOUT, text, message_id=pending.assistant_message_id)))
+            return
+        connection.send(error_frame(ChatError(ErrorCode.TIMEOUT, message_id=pending.assistant_message_id)))
+        self._spawn(
+            self.broker.publish_control(
+                ControlMessage(
+                    kind="cancel", request_id=pending.request_id, connection_id=connection.id, reason="timeout"
+                )
+            )
+        )
+
+    def expect_resume(self, connection: Connection, pending: PendingRequest) -> None:
+        """Wait (``RESUME_WAIT_S``) for the replay of the answer ``pending.assistant_message_id``."""
+        connection.resumes[pending.assistant_message_id] = pending
+        self.metrics.in_flight.inc()
+        self.watch(connection, pending, RESUME_WAIT_S)
+
+    def _adopt(self, connection: Connection, headers: ReplyHeaders) -> PendingRequest | None:
+        pending = connection.resumes.pop(headers.message_id, None)
+        if pending is None:
+            return None
+        pending.request_id = headers.request_id
+        connection.pending[headers.request_id] = pending
+        self.watch(connection, pending)
+        return pending
+
+    def _spawn(self, coroutine: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _orphan(self, headers: ReplyHeaders) -> None:
-        """Nobody waits for this answer any more: ask the worker (once) to stop generating it."""
+        """Nobody waits for this answer here any more: ask the worker (once) to stop generating it.
+
+        The worker waits ``RESUME_GRACE`` before it acts on a disconnect, for the client to resume.
+        """
         if headers.kind in ("end", "error") or headers.request_id in self._orphans:
             return
         self._orphans[headers.request_id] = None
         if len(self._orphans) > 10_000:
             self._orphans.popitem(last=False)
         await self.broker.publish_control(
-            ControlMessage(kind="cancel", request_id=headers.request_id, reason="disconnected")
+            ControlMessage(
+                kind="cancel",
+                request_id=headers.request_id,
+                connection_id=headers.connection_id,
+                reason="disconnected",
+            )
         )

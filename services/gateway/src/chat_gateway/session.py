@@ -166,8 +166,8 @@ async def _cleanup(state: GatewayState, connection: Connection) -> None:
     state.registry.remove(connection)
     state.metrics.connections.set(len(state.registry))
     state.metrics.users.set(state.registry.users)
-    had_pending = bool(connection.pending)
-    for pending in list(connection.pending.values()):
+    had_pending = bool(connection.pending or connection.resumes)
+    for pending in [*connection.pending.values(), *connection.resumes.values()]:
         state.router.finish(connection, pending, error_code=None, record=False)
     if connection.user_id is not None:
         with contextlib.suppress(Exception):

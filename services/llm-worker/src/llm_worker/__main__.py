@@ -20,8 +20,6 @@ from llm_worker.service import Worker
 
 logger = logging.getLogger("llm_worker")
 
-SHUTDOWN_GRACE_S = 25.0
-
 
 async def amain(settings: Settings) -> None:
     stop = asyncio.Event()
@@ -51,7 +49,7 @@ async def amain(settings: Settings) -> None:
         await stop.wait()
         logger.info("worker %s stopping", settings.instance_id)
         beats.cancel()
-        await worker.stop(grace_s=SHUTDOWN_GRACE_S)
+        await worker.stop(grace_s=settings.shutdown_grace / 1000)
     finally:
         server.close()
         await provider.close()

@@ -1,9 +1,11 @@
 """Answer one chat request: build the prompt, stream the model, coalesce, store, reply.
 
 Contract: ``answer`` returns the outcome once the answer (complete, cancelled or failed) is both
-stored and sent; the caller acks the request after that. If the task is cancelled for any reason
-other than the client's cancel (shutdown), ``CancelledError`` propagates and nothing is stored, so
-the request can be redelivered.
+stored and sent; the caller acks the request after that. If the task is cancelled for a reason that
+is not the client's (shutdown, lost broker connection: ``CancelScope.reason`` not in
+``STORED_REASONS``), ``CancelledError`` propagates and nothing is stored, so the request can be
+redelivered. While PostgreSQL is away, reads and writes are retried until the request's deadline
+(at most ``STORE_RETRY_S``), so a short database outage does not burn the delivery limit.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+from chat_common.broker import now_ms
 from chat_common.envelopes import ChatRequest
 from chat_common.settings import Settings
-from chat_common.store import ChatStore
+from chat_common.store import UNAVAILABLE_ERRORS, ChatStore
 from llm_worker.coalesce import Coalescer
 from llm_worker.metrics import WorkerMetrics
 from llm_worker.providers import Delta, Finish, LLMProvider, PromptMessage, UpstreamError
@@ -24,7 +28,12 @@ from llm_worker.replies import ReplyStream
 
 logger = logging.getLogger(__name__)
 
-Outcome = Literal["complete", "cancelled", "upstream_error", "expired", "duplicate"]
+Outcome = Literal["complete", "cancelled", "timeout", "upstream_error", "expired", "duplicate"]
+T = TypeVar("T")
+
+STORED_REASONS = frozenset({"cancelled", "disconnected", "timeout"})
+"""cancel reasons after which the partial answer is stored; any other cancel leaves it to redelivery."""
+STORE_RETRY_S = 30.0
 
 
 @dataclass(slots=True)
@@ -34,6 +43,35 @@ class CancelScope:
     request: ChatRequest
     reason: str | None = None
     task: asyncio.Task[Any] | None = field(default=None, repr=False)
+    replies: ReplyStream | None = field(default=None, repr=False)
+    pending_disconnect: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    def cancel(self, reason: str) -> bool:
+        """Cancel the answering task once, for ``reason``; ``False`` if it was cancelled before."""
+        if self.reason is not None or self.task is None:
+            return False
+        if self.pending_disconnect is not None:
+            self.pending_disconnect.cancel()
+            self.pending_disconnect = None
+        self.reason = reason
+        self.task.cancel()
+        return True
+
+
+async def with_store_retry(request: ChatRequest, operation: Callable[[], Awaitable[T]]) -> T:
+    """Run a store operation, retrying while PostgreSQL is unavailable, until the request's deadline
+    or ``STORE_RETRY_S``; then the last error propagates (the request goes back to the queue)."""
+    give_up = min(time.monotonic() + STORE_RETRY_S, time.monotonic() + (request.deadline_ms - now_ms()) / 1000)
+    delay = 0.2
+    while True:
+        try:
+            return await operation()
+        except UNAVAILABLE_ERRORS as exc:
+            if time.monotonic() + delay > give_up:
+                raise
+            logger.warning("request %s: database unavailable (%s); retrying", request.request_id, type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 class Answerer:
@@ -61,7 +99,7 @@ class Answerer:
 
     async def answer(self, request: ChatRequest, replies: ReplyStream, scope: CancelScope) -> Outcome:
         started = time.monotonic()
-        messages = await self.prompt(request)
+        messages = await with_store_retry(request, lambda: self.prompt(request))
         await replies.start()
         coalescer = Coalescer(interval_ms=self.settings.chunk_coalesce_ms, max_chars=self.settings.chunk_coalesce_chars)
         parts: list[str] = []
@@ -79,13 +117,15 @@ class Answerer:
                 else:
                     finish = event
         except asyncio.CancelledError:
-            if scope.reason is None:
-                raise  # shutdown: leave the request to be redelivered
+            if scope.reason not in STORED_REASONS:
+                raise  # shutdown or broker lost: leave the request to be redelivered
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            finish = Finish("cancelled")
+            finish = Finish("timeout" if scope.reason == "timeout" else "cancelled")
         except UpstreamError as exc:
             logger.warning("request %s: model failed: %s", request.request_id, exc)
-            await self.store.mark_request(request.request_id, "failed", error_code="UPSTREAM_ERROR")
+            await with_store_retry(
+                request, lambda: self.store.mark_request(request.request_id, "failed", error_code="UPSTREAM_ERROR")
+            )
             await replies.error("UPSTREAM_ERROR", "The language model failed to answer")
             self.metrics.record("upstream_error")
             return "upstream_error"
@@ -94,7 +134,11 @@ class Answerer:
             await replies.chunk(rest)
         content = "".join(parts)
         assert finish is not None
-        status: Literal["complete", "cancelled"] = "cancelled" if finish.reason == "cancelled" else "complete"
+        status: Literal["complete", "cancelled", "failed"] = "complete"
+        if finish.reason == "cancelled":
+            status = "cancelled"
+        elif finish.reason == "timeout":
+            status = "failed"
         usage = None
         if finish.prompt_tokens is not None or finish.completion_tokens is not None:
             usage = {
@@ -104,16 +148,21 @@ class Answerer:
             }
             self.metrics.tokens.labels("prompt").inc(finish.prompt_tokens or 0)
             self.metrics.tokens.labels("completion").inc(finish.completion_tokens or 0)
-        await self.store.add_assistant_message(
-            message_id=request.assistant_message_id,
-            chat_id=request.chat_id,
-            request_id=request.request_id,
-            content=content,
-            status=status,
-            finish_reason=finish.reason,
-            prompt_tokens=finish.prompt_tokens,
-            completion_tokens=finish.completion_tokens,
+        await with_store_retry(
+            request,
+            lambda: self.store.add_assistant_message(
+                message_id=request.assistant_message_id,
+                chat_id=request.chat_id,
+                request_id=request.request_id,
+                content=content,
+                status=status,
+                finish_reason=finish.reason,
+                error_code="TIMEOUT" if status == "failed" else None,
+                prompt_tokens=finish.prompt_tokens,
+                completion_tokens=finish.completion_tokens,
+            ),
         )
         await replies.end(content, finish_reason=finish.reason, usage=usage)
-        self.metrics.record(status, answer_ms=(time.monotonic() - started) * 1000)
-        return status
+        outcome: Outcome = "timeout" if status == "failed" else status
+        self.metrics.record(outcome, answer_ms=(time.monotonic() - started) * 1000)
+        return outcome

@@ -2,10 +2,15 @@
 
 All frames of all answers of this worker go through one channel, so their order holds. Bodies are
 the client frames, encoded once here; the routing facts ride in the headers.
+
+The stream keeps the chunks it sent (the coalesced ones, a few per second) so that a client that
+reconnects can be sent the rest: ``retarget`` switches the destination and replays the chunks after
+the sequence number the client saw, under the same lock as live publishes, so nothing interleaves.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aio_pika
@@ -16,32 +21,48 @@ from chat_common.frames import encode_frame
 
 
 class ReplyStream:
-    def __init__(self, exchange: AbstractExchange, request: ChatRequest, *, attempt: int) -> None:
+    def __init__(
+        self, exchange: AbstractExchange, request: ChatRequest, *, attempt: int, publish_timeout_s: float = 5.0
+    ) -> None:
         self._exchange = exchange
         self._request = request
         self._attempt = attempt
+        self._timeout = publish_timeout_s
         self._seq = 0
+        self._lock = asyncio.Lock()
+        self._sent: list[tuple[int, str]] = []
+        """(seq, delta) of every chunk sent, for replays after a resume."""
+        self.connection_id = request.connection_id
+        self.reply_to = request.reply_to
 
-    async def _publish(self, kind: ReplyKind, frame: str) -> None:
+    async def _send(self, kind: ReplyKind, frame: str, seq: int, code: str | None = None) -> None:
         request = self._request
         headers = ReplyHeaders(
             kind=kind,
-            connection_id=request.connection_id,
+            connection_id=self.connection_id,
             request_id=request.request_id,
             message_id=request.assistant_message_id,
-            seq=self._seq,
+            seq=seq,
             attempt=self._attempt,
+            code=code,
         )
-        self._seq += 1
         await self._exchange.publish(
             aio_pika.Message(
                 frame.encode(), headers=headers.to_amqp(), delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT
             ),
-            routing_key=request.reply_to,
+            routing_key=self.reply_to,
             mandatory=False,
+            timeout=self._timeout,
         )
 
-    async def start(self) -> None:
+    async def _publish(self, kind: ReplyKind, build: Any, code: str | None = None) -> None:
+        """Publish the frame ``build(seq)`` with the next sequence number."""
+        async with self._lock:
+            seq = self._seq
+            self._seq += 1
+            await self._send(kind, build(seq), seq, code)
+
+    def _start_frame(self, *, resumed: bool = False) -> str:
         request = self._request
         data: dict[str, Any] = {
             "messageId": request.assistant_message_id,
@@ -50,11 +71,24 @@ class ReplyStream:
         }
         if self._attempt > 1:
             data["attempt"] = self._attempt
-        await self._publish("start", encode_frame("response_start", data))
+        if resumed:
+            data["resumed"] = True
+        return encode_frame("response_start", data)
+
+    def _chunk_frame(self, delta: str, seq: int) -> str:
+        return encode_frame(
+            "response_chunk", {"messageId": self._request.assistant_message_id, "delta": delta, "seq": seq}
+        )
+
+    async def start(self) -> None:
+        await self._publish("start", lambda _seq: self._start_frame())
 
     async def chunk(self, delta: str) -> None:
-        data = {"messageId": self._request.assistant_message_id, "delta": delta, "seq": self._seq}
-        await self._publish("chunk", encode_frame("response_chunk", data))
+        async with self._lock:
+            seq = self._seq
+            self._seq += 1
+            self._sent.append((seq, delta))
+            await self._send("chunk", self._chunk_frame(delta, seq), seq)
 
     async def end(self, content: str, *, finish_reason: str, usage: dict[str, Any] | None) -> None:
         data = {
@@ -63,8 +97,18 @@ class ReplyStream:
             "usage": usage,
             "finishReason": finish_reason,
         }
-        await self._publish("end", encode_frame("response_end", data))
+        await self._publish("end", lambda _seq: encode_frame("response_end", data))
 
     async def error(self, code: str, message: str) -> None:
         data = {"code": code, "message": message, "messageId": self._request.assistant_message_id}
-        await self._publish("error", encode_frame("error", data))
+        await self._publish("error", lambda _seq: encode_frame("error", data), code=code)
+
+    async def retarget(self, connection_id: str, reply_to: str, *, last_seq: int) -> None:
+        """Send the answer to another connection from now on: a ``response_start`` marked ``resumed``,
+        then the chunks after ``last_seq``, then whatever comes next."""
+        async with self._lock:
+            self.connection_id, self.reply_to = connection_id, reply_to
+            await self._send("start", self._start_frame(resumed=True), 0)
+            for seq, delta in self._sent:
+                if seq > last_seq:
+                    await self._send("chunk", self._chunk_frame(delta, seq), seq)

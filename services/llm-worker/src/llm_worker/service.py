@@ -1,8 +1,17 @@
-"""The worker process: consume requests, answer each in its own task, obey cancels, stop in order.
+"""The worker process: consume requests, answer each in its own task, obey controls, stop in order.
 
 Each request is acked only after its answer is stored and sent (at-least-once; the store is
-idempotent on the request id). On shutdown the worker stops consuming, lets in-flight answers finish
-within ``grace_s``, then returns the rest to the queue (nack with requeue) and exits.
+idempotent on the request id). A redelivery (``attempt`` > 1) streams the answer again from the
+start, or re-sends the stored answer when the previous attempt stored it but died before the ack.
+When the broker connection drops, the answers in flight are abandoned: the broker has already
+returned their requests to the queue, and acks on the old channel are impossible.
+
+Controls (``chat.control``): ``cancel`` stops an answer now, except for a closed connection, which
+gets ``RESUME_GRACE`` for the client to come back with ``resume``; ``resume`` re-targets the answer.
+Dead letters (delivery limit, expiry, malformed) are recorded as failures and the client is told.
+
+On shutdown the worker stops consuming, lets in-flight answers finish within ``grace_s``, then
+returns the rest to the queue (nack with requeue) and exits.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 import pydantic
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
@@ -18,11 +28,12 @@ from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueu
 from chat_common import topology
 from chat_common.broker import connect, now_ms, publish_heartbeats
 from chat_common.envelopes import ChatRequest, ControlMessage, Heartbeat
+from chat_common.errors import DEFAULT_MESSAGES, ErrorCode
 from chat_common.process import rss_bytes
 from chat_common.settings import Settings
-from chat_common.store import ChatStore
+from chat_common.store import UNAVAILABLE_ERRORS, ChatStore, StoredAnswer
 from chat_common.telemetry import extract_context
-from llm_worker.answer import Answerer, CancelScope
+from llm_worker.answer import Answerer, CancelScope, with_store_retry
 from llm_worker.metrics import WorkerMetrics
 from llm_worker.replies import ReplyStream
 
@@ -60,6 +71,9 @@ class Worker:
         control_queue = await reply_channel.declare_queue(exclusive=True, auto_delete=True)
         await control_queue.bind(control)
         await control_queue.consume(self._on_control, no_ack=True)
+        notices = await topology.dead_notice_queue(consume_channel)
+        self._consumers.append((notices, await notices.consume(self._on_dead_letter)))
+        self.connection.close_callbacks.add(self._on_connection_lost)
         logger.info("worker %s consuming with concurrency %d", settings.instance_id, settings.worker_concurrency)
 
     async def heartbeats(self) -> None:
@@ -100,23 +114,29 @@ class Worker:
             logger.error("malformed request %s dead-lettered", message.message_id)
             await message.reject(requeue=False)
             return
-        if request.deadline_ms < now_ms():
-            logger.info("request %s skipped: its deadline passed while queued", request.request_id)
-            await self.store.mark_request(request.request_id, "failed", error_code="TIMEOUT")
-            self.metrics.record("expired")
-            await message.ack()
+        if request.request_id in self._active:
+            # the broker re-sent a request this process is still answering (it lost our channel):
+            # the running attempt will not be able to ack; this delivery takes over
+            self._active[request.request_id].cancel("lost")
+        assert self._replies is not None
+        replies = ReplyStream(
+            self._replies,
+            request,
+            attempt=_attempt(message),
+            publish_timeout_s=self.settings.publish_timeout / 1000,
+        )
+        try:
+            if await self._settled_before(request, replies):
+                await message.ack()
+                return
+        except UNAVAILABLE_ERRORS:
+            logger.warning("request %s returned to the queue: database unavailable", request.request_id)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
             return
-        if await self.store.answer_exists(request.request_id):
-            logger.info("request %s already answered; redelivery acked", request.request_id)
-            self.metrics.record("duplicate")
-            await message.ack()
-            return
-        scope = CancelScope(request=request, task=asyncio.current_task())
+        scope = CancelScope(request=request, task=asyncio.current_task(), replies=replies)
         self._active[request.request_id] = scope
         self.metrics.in_flight.inc()
-        attempt = _delivery_count(message) + 1
-        assert self._replies is not None
-        replies = ReplyStream(self._replies, request, attempt=attempt)
         token = None
         try:
             from opentelemetry import context
@@ -136,8 +156,30 @@ class Worker:
         finally:
             if token is not None:
                 context.detach(token)
-            self._active.pop(request.request_id, None)
+            if self._active.get(request.request_id) is scope:
+                del self._active[request.request_id]
+            if scope.pending_disconnect is not None:
+                scope.pending_disconnect.cancel()
             self.metrics.in_flight.dec()
+
+    async def _settled_before(self, request: ChatRequest, replies: ReplyStream) -> bool:
+        """``True`` when there is nothing to generate: the deadline passed while the request was
+        queued, or an earlier attempt stored the answer (then it is sent again, whole)."""
+        if request.deadline_ms < now_ms():
+            logger.info("request %s skipped: its deadline passed while queued", request.request_id)
+            await with_store_retry(
+                request,
+                lambda: self.store.mark_request(request.request_id, "failed", error_code="TIMEOUT", only_open=True),
+            )
+            self.metrics.record("expired")
+            return True
+        stored = await with_store_retry(request, lambda: self.store.get_answer(request.request_id))
+        if stored is None:
+            return False
+        logger.info("request %s already answered; re-sending the stored answer", request.request_id)
+        self.metrics.record("duplicate")
+        await _resend(replies, stored)
+        return True
 
     # ------------------------------------------------------------------ control
 
@@ -146,13 +188,76 @@ class Worker:
             control = ControlMessage.model_validate_json(message.body)
         except pydantic.ValidationError:
             return
+        if control.kind == "resume":
+            await self._resume(control)
+            return
+        if control.request_id is None and control.connection_id is None:
+            return
+        for scope in list(self._active.values()):
+            if not _targets(control, scope):
+                continue
+            if control.reason == "disconnected" and self.settings.resume_grace > 0:
+                if scope.pending_disconnect is None and scope.reason is None:
+                    logger.info("request %s: connection closed; waiting for a resume", scope.request.request_id)
+                    scope.pending_disconnect = asyncio.get_running_loop().call_later(
+                        self.settings.resume_grace / 1000, scope.cancel, "disconnected"
+                    )
+            elif scope.cancel(control.reason):
+                logger.info("request %s: %s", scope.request.request_id, control.reason)
+
+    async def _resume(self, control: ControlMessage) -> None:
+        if control.message_id is None or control.connection_id is None or control.reply_to is None:
+            return
         for scope in list(self._active.values()):
             request = scope.request
-            targeted = control.request_id == request.request_id or control.connection_id == request.connection_id
-            if targeted and scope.reason is None and scope.task is not None:
-                logger.info("request %s: %s", request.request_id, control.reason)
-                scope.reason = control.reason
-                scope.task.cancel()
+            if request.assistant_message_id != control.message_id or request.user_id != control.user_id:
+                continue
+            if scope.reason is not None or scope.replies is None:
+                return
+            if scope.pending_disconnect is not None:
+                scope.pending_disconnect.cancel()
+                scope.pending_disconnect = None
+            logger.info("request %s resumed on connection %s", request.request_id, control.connection_id)
+            with contextlib.suppress(Exception):
+                await scope.replies.retarget(control.connection_id, control.reply_to, last_seq=control.last_seq)
+            return
+
+    def _on_connection_lost(self, *_args: Any) -> None:
+        """The broker connection dropped: its deliveries went back to the queue; stop answering them."""
+        if self._active:
+            logger.warning("broker connection lost: abandoning %d answers to redelivery", len(self._active))
+        for scope in list(self._active.values()):
+            scope.cancel("lost")
+
+    # ------------------------------------------------------------------ dead letters
+
+    async def _on_dead_letter(self, message: AbstractIncomingMessage) -> None:
+        """A request the broker gave up on: record the failure and tell the client, unless answered."""
+        try:
+            request = ChatRequest.model_validate_json(message.body)
+        except pydantic.ValidationError:
+            await message.ack()
+            return
+        reason = _death_reason(message)
+        code = ErrorCode.TIMEOUT if reason == "expired" else ErrorCode.INTERNAL
+        try:
+            stored = await with_store_retry(request, lambda: self.store.get_answer(request.request_id))
+            if stored is None:
+                logger.warning("request %s dead-lettered (%s): client told %s", request.request_id, reason, code)
+                await with_store_retry(
+                    request,
+                    lambda: self.store.mark_request(request.request_id, "failed", error_code=code, only_open=True),
+                )
+                assert self._replies is not None
+                replies = ReplyStream(self._replies, request, attempt=_attempt(message))
+                message_text = "The request could not be completed" if code == ErrorCode.INTERNAL else None
+                await replies.error(code.value, message_text or DEFAULT_MESSAGES[code])
+                self.metrics.record("dead_letter")
+            await message.ack()
+        except UNAVAILABLE_ERRORS:
+            await asyncio.sleep(1)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
 
     # ------------------------------------------------------------------ shutdown
 
@@ -173,7 +278,44 @@ class Worker:
             await self.connection.close()
 
 
-def _delivery_count(message: AbstractIncomingMessage) -> int:
-    """Earlier deliveries of this message, as the quorum queue counts them."""
+def _attempt(message: AbstractIncomingMessage) -> int:
+    """Which delivery of the request this is (1 = first), as the quorum queue counts them."""
     value = (message.headers or {}).get("x-delivery-count", 0)
-    return value if isinstance(value, int) else 0
+    count = value if isinstance(value, int) else 0
+    if count == 0 and message.redelivered:
+        count = 1
+    return count + 1
+
+
+def _targets(control: ControlMessage, scope: CancelScope) -> bool:
+    """A cancel names a request, a connection, or both; the connection is where the answer goes now."""
+    if control.request_id is not None and control.request_id != scope.request.request_id:
+        return False
+    current = scope.replies.connection_id if scope.replies is not None else scope.request.connection_id
+    return control.connection_id is None or control.connection_id == current
+
+
+def _death_reason(message: AbstractIncomingMessage) -> str:
+    deaths = (message.headers or {}).get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        reason = deaths[0].get("reason", "")
+        return reason.decode() if isinstance(reason, bytes) else str(reason)
+    return "unknown"
+
+
+async def _resend(replies: ReplyStream, stored: StoredAnswer) -> None:
+    """Send a stored answer again as one start, one chunk and its end (or its error)."""
+    await replies.start()
+    if stored.status == "failed" and stored.error_code and stored.error_code != "TIMEOUT":
+        await replies.error(stored.error_code, "The language model failed to answer")
+        return
+    if stored.content:
+        await replies.chunk(stored.content)
+    usage = None
+    if stored.prompt_tokens is not None or stored.completion_tokens is not None:
+        usage = {
+            "promptTokens": stored.prompt_tokens,
+            "completionTokens": stored.completion_tokens,
+            "totalTokens": (stored.prompt_tokens or 0) + (stored.completion_tokens or 0),
+        }
+    await replies.end(stored.content, finish_reason=stored.finish_reason or "stop", usage=usage)

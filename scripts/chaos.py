@@ -1,0 +1,326 @@
+"""Chaos run: steady chat load while workers, gateways, the broker connection and the database are
+disturbed in turn; at the end, the counts (sent, answered, failed by code, lost, duplicated).
+
+Everything runs on this machine against the real RabbitMQ and PostgreSQL, in a vhost and a database
+of its own (removed afterwards): N gateways and M workers as real processes (the built-in fake model),
+every process reaching RabbitMQ and PostgreSQL through TCP proxies this script can cut. Clients are
+``tests.support.resilient.ResilientClient``: they reconnect to another gateway when theirs goes, and
+rejoin their chat naming the answer they were reading and the last chunk they saw (resume).
+
+Faults, in turn, every ``--fault-every`` seconds: SIGKILL a worker (and start a new one), SIGTERM a
+gateway (restart it on its port), cut the broker connections for a few seconds, SIGTERM a worker,
+cut the database for a few seconds, SIGKILL a gateway, terminate the database backends, close every
+broker connection of the vhost from the broker side.
+
+The verdict comes from the clients and from the stored ledger: ``lost`` (accepted, neither answered
+nor failed, after a settling time) and ``duplicated`` (two answers stored for one request, or a
+client that saw chunks of two attempts mixed) must both be 0; the exit status says whether they are.
+
+    uv run python scripts/chaos.py --duration 240 --clients 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import dataclasses
+import json
+import logging
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+from tests.support.client import make_token  # noqa: E402
+from tests.support.cluster import Cluster  # noqa: E402
+from tests.support.processes import ServiceProcess, free_port  # noqa: E402
+from tests.support.proxy import TcpProxy  # noqa: E402
+from tests.support.resilient import Outcome, ResilientClient  # noqa: E402
+from tests.support.services import Services, drop_database, drop_vhost, make_database, make_vhost  # noqa: E402
+
+log = logging.getLogger("chaos")
+
+
+@dataclasses.dataclass
+class Stage:
+    cluster: Cluster
+    amqp: TcpProxy
+    database: TcpProxy
+    services: Services
+    gateway_ports: list[int]
+    gateways: dict[int, ServiceProcess]
+    workers: list[ServiceProcess]
+    env: dict[str, str | int]
+    direct_database_url: str
+
+
+async def start_stage(args: argparse.Namespace, log_dir: Path) -> Stage:
+    amqp_base = args.amqp_url
+    database_base = args.database_url
+    amqp_url, vhost = await asyncio.to_thread(make_vhost, amqp_base)
+    database_url, name = await make_database(database_base)
+    amqp = await TcpProxy(amqp_url, 5672).start()
+    database = await TcpProxy(database_url, 5432).start()
+    services = Services(
+        amqp_url=amqp.url(amqp_url), database_url=database.url(database_url), redis_url="", vhost=vhost, database=name
+    )
+    cluster = Cluster(services, log_dir)
+    cluster.start_timeout = 120  # a loaded machine starts slowly
+    env: dict[str, str | int] = {
+        "LLM_PROVIDER": "fake",
+        "FAKE_LLM_FIRST_TOKEN_MS": 150,
+        "FAKE_LLM_TOKENS_PER_SECOND": 40,
+        "FAKE_LLM_ANSWER_TOKENS": args.answer_tokens,
+        "WS_RATE_LIMIT_MAX_MESSAGES": 1000,
+        "REQUEST_TIMEOUT": 30_000,
+        "PUBLISH_TIMEOUT": 2_000,
+        "SHUTDOWN_GRACE": 5_000,
+        "SHUTDOWN_SPREAD": 2_000,
+        "RESUME_GRACE": 15_000,
+        "LOG_LEVEL": "WARNING",
+    }
+    stage = Stage(cluster, amqp, database, services, [], {}, [], env, database_url)
+    try:
+        for _ in range(args.gateways):
+            port = free_port()
+            stage.gateway_ports.append(port)
+            stage.gateways[port] = await cluster.gateway(gateway_port=port, **env)
+        for _ in range(args.workers):
+            stage.workers.append(await cluster.worker(**env))
+    except BaseException:
+        await stop_stage(stage, args)
+        raise
+    return stage
+
+
+async def stop_stage(stage: Stage, args: argparse.Namespace) -> None:
+    await stage.cluster.stop_all()
+    await stage.amqp.close()
+    await stage.database.close()
+    await drop_database(args.database_url, stage.services.database)
+    await asyncio.to_thread(drop_vhost, stage.services.vhost)
+
+
+# --------------------------------------------------------------------------- faults
+
+
+async def kill_worker(stage: Stage, rng: random.Random) -> str:
+    victim = rng.choice(stage.workers)
+    victim.signal(signal.SIGKILL)
+    await victim.wait_exit(10)
+    stage.workers.remove(victim)
+    stage.workers.append(await stage.cluster.worker(**stage.env))
+    return "SIGKILL worker, new worker started"
+
+
+async def stop_worker(stage: Stage, rng: random.Random) -> str:
+    victim = rng.choice(stage.workers)
+    replacement = asyncio.create_task(stage.cluster.worker(**stage.env))
+    victim.signal(signal.SIGTERM)
+    code = await victim.wait_exit(30)
+    stage.workers.remove(victim)
+    stage.workers.append(await replacement)
+    return f"SIGTERM worker (exit {code}), new worker started"
+
+
+async def restart_gateway(stage: Stage, rng: random.Random, sig: int) -> str:
+    port = rng.choice(stage.gateway_ports)
+    victim = stage.gateways[port]
+    victim.signal(sig)
+    code = await victim.wait_exit(30)
+    stage.gateways[port] = await stage.cluster.gateway(gateway_port=port, **stage.env)
+    return f"{signal.Signals(sig).name} gateway :{port} (exit {code}), restarted"
+
+
+async def cut_broker(stage: Stage, _rng: random.Random) -> str:
+    await stage.amqp.cut()
+    await asyncio.sleep(3)
+    stage.amqp.restore()
+    return "broker connections cut for 3 s"
+
+
+async def cut_database(stage: Stage, _rng: random.Random) -> str:
+    await stage.database.cut()
+    await asyncio.sleep(3)
+    stage.database.restore()
+    return "database connections cut for 3 s"
+
+
+async def terminate_backends(stage: Stage, args: argparse.Namespace) -> str:
+    connection = await asyncpg.connect(args.database_url)
+    try:
+        count = await connection.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()",
+            stage.services.database,
+        )
+    finally:
+        await connection.close()
+    return f"pg_terminate_backend on {count} backends"
+
+
+async def close_broker_connections(stage: Stage) -> str:
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None or stage.services.vhost is None:
+        return "rabbitmqctl not available: skipped"
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [ctl, "close_all_connections", "-p", stage.services.vhost, "chaos"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    return f"rabbitmqctl close_all_connections (exit {result.returncode})"
+
+
+async def disturb(stage: Stage, args: argparse.Namespace, stop: asyncio.Event, journal: list[str]) -> None:
+    rng = random.Random(args.seed)  # noqa: S311 - choosing victims, not secrets
+    faults = [
+        lambda: kill_worker(stage, rng),
+        lambda: restart_gateway(stage, rng, signal.SIGTERM),
+        lambda: cut_broker(stage, rng),
+        lambda: stop_worker(stage, rng),
+        lambda: cut_database(stage, rng),
+        lambda: restart_gateway(stage, rng, signal.SIGKILL),
+        lambda: terminate_backends(stage, args),
+        lambda: close_broker_connections(stage),
+    ]
+    started = time.monotonic()
+    index = 0
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), args.fault_every)
+            return
+        except TimeoutError:
+            pass
+        what = await faults[index % len(faults)]()
+        line = f"{time.monotonic() - started:6.1f}s  {what}"
+        journal.append(line)
+        print(line, flush=True)
+        index += 1
+
+
+# --------------------------------------------------------------------------- load
+
+
+async def converse(client: ResilientClient, stop: asyncio.Event, think_s: float, out: list[Outcome]) -> None:
+    rng = random.Random()  # noqa: S311 - think times
+    await client.start(timeout=60)
+    while not stop.is_set():
+        out.append(await client.ask("chaos question", timeout=90))
+        await asyncio.sleep(rng.uniform(0.5, 1.5) * think_s)
+
+
+async def verdict(stage: Stage, clients: list[ResilientClient], outcomes: list[Outcome]) -> dict[str, Any]:
+    connection = await asyncpg.connect(stage.direct_database_url)
+    try:
+        chats = [c.chat_id for c in clients if c.chat_id]
+        rows = await connection.fetch(
+            "SELECT m.id::text, m.role, m.request_id::text, m.status, m.error_code FROM messages m"
+            " WHERE m.chat_id = ANY($1::uuid[])",
+            chats,
+        )
+    finally:
+        await connection.close()
+    users = {r["id"]: r for r in rows if r["role"] == "user"}
+    answers = collections.Counter(r["request_id"] for r in rows if r["role"] == "assistant")
+    answered_requests = set(answers)
+    failed_codes: collections.Counter[str] = collections.Counter()
+    client_seen: dict[str, Outcome] = {o.user_message_id: o for o in outcomes if o.user_message_id}
+    counts = collections.Counter(o.result for o in outcomes)
+    lost = []
+    for message_id, user in users.items():
+        if user["request_id"] in answered_requests:
+            continue
+        if user["status"] == "failed":
+            failed_codes[user["error_code"] or "?"] += 1
+            continue
+        lost.append(message_id)
+    client_failed = collections.Counter(o.code or "?" for o in outcomes if o.result == "failed")
+    not_stored = [o for o in outcomes if o.result == "failed" and o.user_message_id is None]
+    unknown = [o for o in outcomes if o.result == "unknown"]
+    unresolved = [o for o in unknown if o.user_message_id is None or o.user_message_id not in users]
+    return {
+        "sent": sum(1 for o in outcomes if o.result != "unsent"),
+        "unsent (socket closed before the send)": counts["unsent"],
+        "accepted (stored user messages)": len(users),
+        "answered (stored answers)": len(answered_requests & {u["request_id"] for u in users.values()}),
+        "answered as seen by clients": counts["answered"],
+        "failed, recorded, by code": dict(failed_codes),
+        "failed as seen by clients, by code": dict(client_failed),
+        "refused before storing (BUSY: storage away)": len(not_stored),
+        "clients without a conclusion (resolved from the ledger)": len(unknown),
+        "lost": len(lost) + len(unresolved),
+        "duplicated": sum(1 for n in answers.values() if n > 1) + sum(1 for o in outcomes if o.garbled),
+        "restarted answers (attempt > 1)": sum(o.restarts for o in outcomes),
+        "resumed answers": sum(o.resumes for o in outcomes),
+        "reconnects": sum(c.reconnects for c in clients),
+        "accepted but unknown to the client": len(set(users) - set(client_seen)),
+    }
+
+
+async def run(args: argparse.Namespace) -> int:
+    log_dir = Path(tempfile.mkdtemp(prefix="chaos-logs-"))
+    print(f"logs in {log_dir}", flush=True)
+    stage = await start_stage(args, log_dir)
+    try:
+        urls = [f"ws://127.0.0.1:{port}/ws/chat" for port in stage.gateway_ports]
+        clients = [
+            ResilientClient(urls[i % len(urls) :] + urls[: i % len(urls)], make_token(f"chaos-{i}-{time.time_ns()}"))
+            for i in range(args.clients)
+        ]
+        outcomes: list[Outcome] = []
+        stop = asyncio.Event()
+        journal: list[str] = []
+        started = time.monotonic()
+        talks = [asyncio.create_task(converse(c, stop, args.think, outcomes)) for c in clients]
+        chaos = asyncio.create_task(disturb(stage, args, stop, journal))
+        await asyncio.sleep(args.duration)
+        stop.set()
+        await chaos
+        print("load stopped; waiting for the answers in flight", flush=True)
+        await asyncio.gather(*talks, return_exceptions=True)
+        await asyncio.sleep(args.settle)
+        figures = await verdict(stage, clients, outcomes)
+        figures["duration_s"] = round(time.monotonic() - started, 1)
+        figures["faults"] = journal
+        for client in clients:
+            await client.close()
+    finally:
+        await stop_stage(stage, args)
+    print(json.dumps(figures, indent=2))
+    ok = figures["lost"] == 0 and figures["duplicated"] == 0
+    print("VERDICT:", "lost = 0, duplicated = 0" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=240, help="seconds of load with faults (default 240)")
+    parser.add_argument("--clients", type=int, default=30)
+    parser.add_argument("--gateways", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--think", type=float, default=1.0, help="mean seconds between a client's questions")
+    parser.add_argument("--fault-every", type=float, default=15, help="seconds between faults")
+    parser.add_argument("--answer-tokens", type=int, default=40)
+    parser.add_argument("--settle", type=float, default=5, help="seconds to wait before reading the ledger")
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--amqp-url", default="amqp://guest:guest@localhost:5672/")
+    parser.add_argument("--database-url", default="postgresql://postgres@localhost:5432/postgres")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

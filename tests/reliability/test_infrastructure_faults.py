@@ -1,0 +1,147 @@
+"""RabbitMQ and PostgreSQL go away and come back: clients hear BUSY, stay connected, nothing is lost.
+
+The outages are made with a TCP proxy between the processes and the real services (cut: every
+connection dropped, new ones refused), so that other tests on the same broker and database are not
+disturbed; the broker-side close uses ``rabbitmqctl close_all_connections`` on this test's vhost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from typing import Any
+
+import asyncpg
+
+from tests.reliability.helpers import assert_ledger, gateway_broker_connected, joined, wait_for
+from tests.support.client import ChatClient, make_token
+from tests.support.cluster import Cluster
+from tests.support.proxy import TcpProxy
+
+
+async def _until(client: ChatClient, frames: list[dict[str, Any]], kind: str, timeout: float = 20) -> dict[str, Any]:
+    """Read frames into ``frames`` until one of ``kind`` arrives; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = await client.recv(max(0.05, deadline - time.monotonic()))
+        frames.append(frame)
+        if frame["type"] == kind:
+            return frame
+
+
+async def test_broker_outage_busy_meanwhile_in_flight_answer_redone_and_everything_reconnects(
+    rel: Cluster, db: asyncpg.Connection
+) -> None:
+    proxy = await TcpProxy(rel.services.amqp_url, 5672).start()
+    amqp_url = proxy.url(rel.services.amqp_url)
+    try:
+        gateway, _ = await asyncio.gather(
+            rel.gateway(AMQP_URL=amqp_url, PUBLISH_TIMEOUT=2000), rel.worker(AMQP_URL=amqp_url)
+        )
+        client, chat_id = await joined(gateway.extra["ws_url"], make_token("rel-broker"))
+        frames: list[dict[str, Any]] = []
+        async with client:
+            await client.send("send_message", {"content": "across the outage [[slow:100]] [[tokens:40]]"})
+            first = await _until(client, frames, "message_accepted")
+            await _until(client, frames, "response_chunk")
+            await proxy.cut()
+
+            sent = time.monotonic()
+            await client.send("send_message", {"content": "during the outage"})
+            busy = await _until(client, frames, "error")
+            assert time.monotonic() - sent < 3, "BUSY must come without waiting for the broker"
+            assert busy["data"]["code"] == "BUSY"
+            assert busy["data"]["retryAfterMs"] > 0
+            during = frames[-2]
+            assert during["type"] == "message_accepted"
+            await client.send("ping")
+            await _until(client, frames, "pong")  # the client stays connected
+
+            await asyncio.sleep(1.5)
+            proxy.restore()
+            await wait_for(lambda: gateway_broker_connected(gateway), timeout=20)
+            # the answer in flight when the connection dropped went back to the queue and is redone
+            restart = await _until(client, frames, "response_start")
+            assert restart["data"]["attempt"] == 2
+            end = await _until(client, frames, "response_end")
+            assert end["data"]["content"].endswith("point38")
+
+            # the broker itself closes every connection of this vhost: all recover again
+            ctl = shutil.which("rabbitmqctl")
+            assert ctl is not None
+            assert rel.services.vhost is not None
+            closed = await asyncio.to_thread(
+                subprocess.run,
+                [ctl, "close_all_connections", "-p", rel.services.vhost, "reliability test"],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            assert closed.returncode == 0, closed.stderr
+            await asyncio.sleep(0.5)
+            await wait_for(lambda: gateway_broker_connected(gateway), timeout=20)
+            after = None
+            for _ in range(10):  # BUSY until the gateway's channel is back, then an answer
+                await client.send("send_message", {"content": "after the broker closed us"})
+                accepted = await _until(client, frames, "message_accepted")
+                outcome = await client.collect(timeout=20)
+                if outcome.end is not None:
+                    after = accepted
+                    break
+                assert outcome.error is not None
+                assert outcome.error["code"] == "BUSY"
+                await asyncio.sleep(0.5)
+            assert after is not None, "no answer after the broker closed the connections"
+    finally:
+        await proxy.close()
+
+    accepted_ids = {f["data"]["messageId"] for f in frames if f["type"] == "message_accepted"}
+    accepted_ids |= {
+        r["id"]
+        for r in await db.fetch("SELECT id::text FROM messages WHERE chat_id = $1::uuid AND role = 'user'", chat_id)
+        if r["id"] in accepted_ids
+    }
+    outcome_by_id = await assert_ledger(db, [chat_id], accepted_ids)
+    assert outcome_by_id[first["data"]["messageId"]] == ("complete", None, "complete")
+    assert outcome_by_id[during["data"]["messageId"]] == ("failed", "BUSY", None)
+    assert outcome_by_id[after["data"]["messageId"]] == ("complete", None, "complete")
+
+
+async def test_database_outage_busy_meanwhile_answer_in_flight_stored_once_pool_recovers(
+    rel: Cluster, db: asyncpg.Connection
+) -> None:
+    proxy = await TcpProxy(rel.services.database_url, 5432).start()
+    database_url = proxy.url(rel.services.database_url)
+    try:
+        gateway, _ = await asyncio.gather(rel.gateway(DATABASE_URL=database_url), rel.worker(DATABASE_URL=database_url))
+        client, chat_id = await joined(gateway.extra["ws_url"], make_token("rel-database"))
+        frames: list[dict[str, Any]] = []
+        async with client:
+            await client.send("send_message", {"content": "while the database restarts [[slow:100]] [[tokens:25]]"})
+            first = await _until(client, frames, "message_accepted")
+            await _until(client, frames, "response_chunk")
+            await proxy.cut()
+
+            await client.send("send_message", {"content": "nobody can store this"})
+            busy = await _until(client, frames, "error")
+            assert busy["data"]["code"] == "BUSY"
+            assert "storage" in busy["data"]["message"]
+            assert busy["data"]["retryAfterMs"] > 0
+            assert frames[-2]["type"] != "message_accepted" or frames[-2] is first  # never accepted
+
+            await asyncio.sleep(2.5)  # the first answer finishes streaming; the worker cannot store it yet
+            proxy.restore()
+            end = await _until(client, frames, "response_end")
+            assert end["data"]["content"].endswith("point23")
+            answer = await client.ask("the pool is back")
+            assert answer.end is not None, answer.frames
+    finally:
+        await proxy.close()
+
+    accepted = {first["data"]["messageId"], answer.accepted["messageId"]}  # type: ignore[index]
+    outcome = await assert_ledger(db, [chat_id], accepted)
+    assert sorted(outcome.values()) == [("complete", None, "complete")] * 2
+    rows = await db.fetch("SELECT content FROM messages WHERE chat_id = $1::uuid", chat_id)
+    assert all("nobody can store this" not in r["content"] for r in rows)
