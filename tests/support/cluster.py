@@ -22,7 +22,7 @@ class Cluster:
         self.log_dir = log_dir
         self.processes: list[ServiceProcess] = []
         self.openai_url: str | None = None
-        self.start_timeout = 30.0
+        self.start_timeout = 60.0
         """seconds a process has to answer its health check after it was started."""
 
     def base_env(self, **overrides: str | int) -> dict[str, str]:

@@ -35,7 +35,7 @@ class ServiceProcess:
     process: subprocess.Popen[bytes] | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
-    async def start(self, *, timeout: float = 30.0) -> ServiceProcess:
+    async def start(self, *, timeout: float = 60.0) -> ServiceProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
@@ -43,7 +43,7 @@ class ServiceProcess:
             await self.wait_ready(timeout=timeout)
         return self
 
-    async def wait_ready(self, *, timeout: float = 30.0) -> None:
+    async def wait_ready(self, *, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=2) as client:
             while time.monotonic() < deadline:

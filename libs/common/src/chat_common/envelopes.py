@@ -103,8 +103,28 @@ class ReplyHeaders(BaseModel):
         )
 
 
+class RequestSample(BaseModel):
+    """One finished request as one process saw it: for the monitor's slowest and failed lists.
+
+    ``stages`` are milliseconds by stage name (``db``, ``publish``, ``queue_wait``, ``first_token``,
+    ``llm``, ``first_chunk``, ...), taken from the request's spans; no message content.
+    """
+
+    trace_id: str
+    request_id: str
+    chat_type: str = ""
+    started_ms: int
+    total_ms: float
+    stages: dict[str, float] = {}
+    error_code: str | None = None
+
+
 class Heartbeat(BaseModel):
-    """What every gateway and worker publishes every ``HEARTBEAT_INTERVAL`` ms."""
+    """What every gateway and worker publishes every ``HEARTBEAT_INTERVAL`` ms.
+
+    Counters (``*_total``) are cumulative since the process started, so a lost heartbeat loses no
+    count; lists (``recent_*``, samples) cover the time since the previous heartbeat.
+    """
 
     instance_id: str
     role: Literal["gateway", "worker"]
@@ -118,9 +138,19 @@ class Heartbeat(BaseModel):
     requests_total: int = 0
     errors_total: int = 0
     """requests that ended in an error frame (any code) since start."""
+    errors_by_code: dict[str, int] = {}
     response_time_sum_ms: float = 0.0
     response_time_count: int = 0
     recent_response_ms: list[float] = []
     """answer times (request to ``response_end``) since the previous heartbeat, capped."""
+    recent_first_chunk_ms: list[float] = []
+    """gateway: request to first chunk; worker: request taken to the model's first token."""
+    tokens_total: dict[str, int] = {}
+    """worker: LLM tokens by kind (``prompt``, ``completion``)."""
     rss_bytes: int = 0
+    cpu_seconds: float = 0.0
     broker_connected: bool = True
+    slow_requests: list[RequestSample] = []
+    failed_requests: list[RequestSample] = []
+    stopping: bool = False
+    """the last heartbeat of a process shutting down in order: the monitor forgets it without an alert."""

@@ -131,6 +131,30 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     debug: str | None = Field(default=None, validation_alias=AliasChoices("DEBUG"))
     otel_exporter_otlp_endpoint: str | None = None
+    jaeger_ui_url: str = "http://localhost:16686"
+    """where operators open a trace: ``{JAEGER_UI_URL}/trace/{trace id}``."""
+
+    # --- health rules and alerts (monitor; the gateway applies the rules that concern one process) ---
+    health_window: Annotated[int, Field(ge=5_000)] = 60_000
+    """ms of the sliding window behind messagesPerMinute, averageResponseTime, errorRate and percentiles."""
+    health_capacity_warning: Annotated[float, Field(gt=0, le=1)] = 0.80
+    health_capacity_critical: Annotated[float, Field(gt=0, le=1)] = 0.95
+    health_response_p95_warning: PositiveInt = 3_000
+    """ms; warning when the p95 answer time (request to ``response_end``) is above it."""
+    health_error_rate_warning: Annotated[float, Field(ge=0, le=1)] = 0.05
+    health_error_rate_critical: Annotated[float, Field(ge=0, le=1)] = 0.25
+    health_queue_warning: PositiveInt = 100
+    """requests waiting in the request queues; warning above it, critical above it while still growing."""
+    health_backlog_growth_window: PositiveInt = 30_000
+    """ms over which a backlog must have grown to count as growing."""
+    health_memory_warning_mb: PositiveInt = 1024
+    """resident memory of one process above which it is flagged."""
+    alert_webhook_url: str | None = None
+    """JSON POST of every alert that fires or resolves; retried, never blocking the monitor."""
+    alert_webhook_retries: Annotated[int, Field(ge=0)] = 3
+    alert_webhook_timeout: PositiveInt = 5_000
+    alert_clear_delay: Annotated[int, Field(ge=0)] = 5_000
+    """ms a condition must stay clear before its alert resolves (no flapping around a threshold)."""
 
     _split = field_validator("ws_allowed_origins", "jwt_algorithms", mode="before")(_split_commas)
 

@@ -1,10 +1,12 @@
-"""A sliding window of request outcomes in one-second buckets, for health figures."""
+"""A sliding window of request outcomes in one-second buckets, for health figures (average and p95)."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from chat_common.health import percentile
 
 
 @dataclass(slots=True)
@@ -14,6 +16,7 @@ class _Bucket:
     errors: int = 0
     response_sum_ms: float = 0.0
     response_count: int = 0
+    samples: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +25,7 @@ class WindowFigures:
     errors: int
     average_response_ms: float
     window_s: int
+    p95_response_ms: float = 0.0
 
     @property
     def per_minute(self) -> float:
@@ -30,6 +34,10 @@ class WindowFigures:
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
+
+
+_SAMPLES_PER_SECOND = 200
+"""answer times kept per second for percentiles (enough for a p95 at any load this process takes)."""
 
 
 class RollingWindow:
@@ -60,6 +68,8 @@ class RollingWindow:
         if response_ms is not None:
             bucket.response_sum_ms += response_ms
             bucket.response_count += 1
+            if len(bucket.samples) < _SAMPLES_PER_SECOND:
+                bucket.samples.append(response_ms)
 
     def figures(self) -> WindowFigures:
         self._trim(int(time.monotonic()))
@@ -67,4 +77,7 @@ class RollingWindow:
         errors = sum(b.errors for b in self._buckets)
         count = sum(b.response_count for b in self._buckets)
         total = sum(b.response_sum_ms for b in self._buckets)
-        return WindowFigures(requests, errors, total / count if count else 0.0, self.window_s)
+        samples = [value for b in self._buckets for value in b.samples]
+        return WindowFigures(
+            requests, errors, total / count if count else 0.0, self.window_s, percentile(samples, 0.95)
+        )

@@ -8,7 +8,7 @@ broker headers, but nothing is exported.
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 from opentelemetry import context, propagate, trace
@@ -21,9 +21,22 @@ from chat_common.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def setup_tracing(settings: Settings, *, service: str, processor: SpanProcessor | None = None) -> TracerProvider:
-    """Install a tracer provider for this process and return it (the caller shuts it down)."""
+def setup_tracing(
+    settings: Settings,
+    *,
+    service: str,
+    processor: SpanProcessor | None = None,
+    observers: Sequence[SpanProcessor] = (),
+) -> TracerProvider:
+    """Install a tracer provider for this process and return it (the caller shuts it down).
+
+    ``processor`` replaces the OTLP exporter (tests); ``observers`` are added beside it (the
+    request sampler). PostgreSQL calls are traced by the asyncpg instrumentation, statements
+    without their parameters (no message content in spans).
+    """
     import os
+
+    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
     resource = Resource.create(
         {
@@ -32,6 +45,8 @@ def setup_tracing(settings: Settings, *, service: str, processor: SpanProcessor 
         }
     )
     provider = TracerProvider(resource=resource)
+    for observer in observers:
+        provider.add_span_processor(observer)
     if processor is not None:
         provider.add_span_processor(processor)
     elif settings.otel_exporter_otlp_endpoint:
@@ -40,7 +55,16 @@ def setup_tracing(settings: Settings, *, service: str, processor: SpanProcessor 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         logger.info("exporting traces over OTLP to %s", settings.otel_exporter_otlp_endpoint)
     trace.set_tracer_provider(provider)
+    instrumentor = AsyncPGInstrumentor(capture_parameters=False)  # type: ignore[no-untyped-call]
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=provider)
     return provider
+
+
+def trace_id_of(span: trace.Span) -> str:
+    """The span's trace id as Jaeger shows it (32 hex digits), or ``""`` for a non-recording span."""
+    context = span.get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else ""
 
 
 def inject_headers(headers: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -8,6 +8,7 @@ import uvicorn
 
 from chat_common.logs import setup_logging
 from chat_common.process import raise_nofile_limit
+from chat_common.samples import RequestSampler
 from chat_common.settings import load_settings
 from chat_common.telemetry import setup_tracing
 from chat_gateway.app import create_app
@@ -20,10 +21,11 @@ logger = logging.getLogger("chat_gateway")
 def main() -> None:
     settings = load_settings()
     setup_logging(settings, service="gateway")
-    setup_tracing(settings, service="chat-gateway")
+    sampler = RequestSampler()
+    setup_tracing(settings, service="chat-gateway", observers=[sampler])
     limit = raise_nofile_limit()
     try:
-        app = create_app(settings)
+        app = create_app(settings, sampler=sampler)
     except ValueError as exc:
         raise SystemExit(f"invalid configuration: {exc}") from exc
     logger.info(

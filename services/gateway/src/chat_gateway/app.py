@@ -13,10 +13,11 @@ from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from chat_common.broker import now_ms, publish_heartbeats
+from chat_common.broker import now_ms, publish_farewell, publish_heartbeats
 from chat_common.envelopes import Heartbeat
 from chat_common.health import HealthReport, HealthThresholds
 from chat_common.process import rss_bytes
+from chat_common.samples import RequestSampler
 from chat_common.settings import Settings
 from chat_common.store import ChatStore, create_pool
 from chat_gateway.admission import AdmissionStore, LocalAdmission
@@ -41,13 +42,16 @@ async def make_admission(settings: Settings) -> AdmissionStore:
     return LocalAdmission()
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, sampler: RequestSampler | None = None) -> FastAPI:
+    """The gateway app; ``sampler`` is the span processor that collects slow and failed requests
+    for the heartbeat (installed with the tracer provider by ``__main__``)."""
     verifier = TokenVerifier(settings)  # fails fast on a missing key
+    samples = sampler or RequestSampler()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url, max_size=settings.database_pool_size)
-        registry, metrics = ConnectionRegistry(), GatewayMetrics()
+        registry, metrics = ConnectionRegistry(), GatewayMetrics(window_s=settings.health_window // 1000)
         broker = GatewayBroker(settings)
         router = ReplyRouter(registry, broker, metrics, request_timeout_s=settings.request_timeout / 1000)
         admission = await make_admission(settings)
@@ -70,7 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
                     tasks.create_task(
                         publish_heartbeats(
                             _telemetry(broker),
-                            lambda: heartbeat(state),
+                            lambda: heartbeat(state, samples),
                             interval_s=settings.heartbeat_interval / 1000,
                         )
                     ),
@@ -81,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
                 finally:
                     for task in background:
                         task.cancel()
+                    await publish_farewell(broker.telemetry, heartbeat(state, samples))
         finally:
             await broker.close()
             await admission.close()
@@ -93,8 +98,9 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
         # FastAPI's own telemetry would hold a span (and its operation spans) open for the whole life
         # of every WebSocket connection: memory per connection and a trace that lasts for hours.
-        # Messages are traced one by one from the publish on; HTTP requests keep their spans.
-        telemetry={"exclude": _is_websocket},
+        # Messages are traced one by one (chat_gateway.tracing); HTTP requests keep their spans, except
+        # health and metrics, polled every few seconds.
+        telemetry={"exclude": _untraced},
     )
 
     @app.websocket("/ws/chat")
@@ -114,8 +120,11 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _is_websocket(scope: MutableMapping[str, Any]) -> bool:
-    return bool(scope.get("type") == "websocket")
+_POLLED_PATHS = frozenset({"/api/websocket/health", "/metrics"})
+
+
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    return bool(scope.get("type") == "websocket" or scope.get("path") in _POLLED_PATHS)
 
 
 def _telemetry(broker: GatewayBroker):  # type: ignore[no-untyped-def]
@@ -125,6 +134,7 @@ def _telemetry(broker: GatewayBroker):  # type: ignore[no-untyped-def]
 
 def health_report(state: GatewayState) -> HealthReport:
     figures = state.metrics.window.figures()
+    thresholds = HealthThresholds.from_settings(state.settings)
     report = HealthReport(
         total_connections=len(state.registry),
         total_users=state.registry.users,
@@ -132,16 +142,18 @@ def health_report(state: GatewayState) -> HealthReport:
         average_response_ms=figures.average_response_ms,
         error_rate=figures.error_rate,
         uptime_ms=int((time.time() - state.started) * 1000),
-    ).check(capacity=state.settings.ws_max_connections, thresholds=HealthThresholds())
+        p95_response_ms=figures.p95_response_ms,
+    ).check(capacity=state.settings.ws_max_connections, thresholds=thresholds)
     if not state.broker.connected:
-        report.flag("critical", "not connected to RabbitMQ")
+        report.flag("critical", "not connected to RabbitMQ", key="broker")
     if getattr(state.admission, "degraded", False):
-        report.flag("warning", "Redis unreachable: connection and rate limits hold per gateway only")
+        report.flag("warning", "Redis unreachable: connection and rate limits hold per gateway only", key="redis")
     return report
 
 
-def heartbeat(state: GatewayState) -> Heartbeat:
+def heartbeat(state: GatewayState, sampler: RequestSampler) -> Heartbeat:
     metrics = state.metrics
+    slowest, failed = sampler.take()
     return Heartbeat(
         instance_id=state.settings.instance_id,
         role="gateway",
@@ -153,9 +165,14 @@ def heartbeat(state: GatewayState) -> Heartbeat:
         in_flight=int(metrics.in_flight._value.get()),
         requests_total=metrics.requests_total,
         errors_total=metrics.errors_total,
+        errors_by_code=metrics.errors_by_code(),
         response_time_sum_ms=metrics.response_sum_ms,
         response_time_count=metrics.response_count,
         recent_response_ms=metrics.take_recent_response_ms(),
+        recent_first_chunk_ms=metrics.take_recent_first_chunk_ms(),
         rss_bytes=rss_bytes(),
+        cpu_seconds=time.process_time(),
         broker_connected=state.broker.connected,
+        slow_requests=slowest,
+        failed_requests=failed,
     )

@@ -12,14 +12,16 @@ from collections.abc import Awaitable, Callable
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+from opentelemetry import trace
 from pamqp.commands import Basic
 
 from chat_common import topology
-from chat_common.broker import connect
+from chat_common.broker import PUBLISHED_HEADER, connect, now_ms
 from chat_common.envelopes import ChatRequest, ControlMessage
 from chat_common.errors import ChatError, ErrorCode
 from chat_common.settings import Settings
 from chat_common.telemetry import inject_headers
+from chat_gateway.tracing import start_publish_span
 
 logger = logging.getLogger(__name__)
 
@@ -53,17 +55,23 @@ class GatewayBroker:
         """Publish with a confirm; ``ChatError(BUSY)`` when the broker refuses or does not answer in time."""
         if self._requests is None or not self.connected:
             raise self._busy("broker unavailable")
-        message = aio_pika.Message(
-            request.model_dump_json().encode(),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=request.request_id,
-            expiration=self.settings.request_timeout / 1000,
-            headers=dict(inject_headers({})),
-        )
+        span = start_publish_span(topology.REQUESTS_EXCHANGE, request.chat_type, request.request_id)
+        with trace.use_span(span, end_on_exit=True):
+            message = aio_pika.Message(
+                request.model_dump_json().encode(),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=request.request_id,
+                expiration=self.settings.request_timeout / 1000,
+                headers={**inject_headers({}), PUBLISHED_HEADER: now_ms()},
+            )
+            await self._publish_confirmed(message, request.chat_type)
+
+    async def _publish_confirmed(self, message: aio_pika.Message, routing_key: str) -> None:
+        assert self._requests is not None
         try:
             async with asyncio.timeout(self.settings.publish_timeout / 1000):
-                confirmation = await self._requests.publish(message, routing_key=request.chat_type, mandatory=True)
+                confirmation = await self._requests.publish(message, routing_key=routing_key, mandatory=True)
         except TimeoutError as exc:
             raise self._busy("publish timed out") from exc
         except (

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import Span
 from starlette.websockets import WebSocket
 
 from chat_common.frames import ChatType
@@ -36,6 +37,8 @@ class PendingRequest:
     attempt: int = 0
     """the request's delivery whose frames are being forwarded (0 before the first frame)."""
     first_chunk_at: float | None = None
+    span: Span | None = None
+    """the message's root span (``chat_gateway.tracing``), ended when the request is over."""
 
 
 @dataclass(eq=False, slots=True)
@@ -58,6 +61,8 @@ class Connection:
     frame_tokens_at: float = 0.0
     frame_limit_noticed_at: float = 0.0
     closed: bool = False
+    dispatching: int = 0
+    """client frames being handled now (a graceful shutdown waits for them before it closes)."""
     _out: deque[str] | None = None
     """created with the flusher and dropped with it: an idle connection keeps no queue (a deque is
     over 600 bytes, a fifth of what a bare idle connection costs)."""

@@ -33,6 +33,7 @@ from chat_gateway.auth import Identity
 from chat_gateway.connection import Connection, PendingRequest
 from chat_gateway.refusals import Refusal, is_refusal, reason_of, record_refusal
 from chat_gateway.state import GatewayState
+from chat_gateway.tracing import start_message_span, use_span
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,11 @@ class FrameHandler:
 
     async def dispatch(self, frame: ClientFrame) -> None:
         """Run one frame; a ``ChatError`` becomes an error frame and the connection stays open
-        unless the error's code closes it."""
+        unless the error's code closes it. A frame that arrives once the connection is closing is
+        dropped unanswered: the client, reconnecting, sees from the history that it was not taken."""
+        if self.connection.closed:
+            return
+        self.connection.dispatching += 1
         try:
             await self._run(frame)
         except ChatError as error:
@@ -73,6 +78,8 @@ class FrameHandler:
             logger.exception("connection %s: %s failed", self.connection.id, frame.type)
             self.state.metrics.errors.labels(ErrorCode.INTERNAL.value).inc()
             self.connection.send(error_frame(ChatError(ErrorCode.INTERNAL), frame.requestId))
+        finally:
+            self.connection.dispatching -= 1
 
     async def _run(self, frame: ClientFrame) -> None:
         match frame:
@@ -272,12 +279,14 @@ class FrameHandler:
             deadline_ms=now_ms() + settings.request_timeout,
             max_tokens=settings.ws_max_tokens,
         )
-        await state.store.add_user_message(
-            message_id=request.user_message_id,
-            chat_id=request.chat_id,
-            request_id=request.request_id,
-            content=content,
-        )
+        span = start_message_span(request)
+        with use_span(span, error_code=ErrorCode.INTERNAL.value):
+            await state.store.add_user_message(
+                message_id=request.user_message_id,
+                chat_id=request.chat_id,
+                request_id=request.request_id,
+                content=content,
+            )
         connection.send(
             encode_frame(
                 "message_accepted",
@@ -291,12 +300,14 @@ class FrameHandler:
             assistant_message_id=request.assistant_message_id,
             chat_id=request.chat_id,
             started=time.monotonic(),
+            span=span,
         )
         connection.pending[request.request_id] = pending
         state.metrics.in_flight.inc()
         state.metrics.record_request()
         try:
-            await state.broker.publish_request(request)
+            with use_span(span):
+                await state.broker.publish_request(request)
         except ChatError as error:
             state.router.finish(connection, pending, error_code=error.code.value)
             with contextlib.suppress(*UNAVAILABLE_ERRORS):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from opentelemetry.trace import Span
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from chat_common.metrics import counts_by_label, register_process_collectors
 from chat_common.stats import RollingWindow
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, *, window_s: int = 60) -> None:
         self.registry = CollectorRegistry()
+        register_process_collectors(self.registry)
         self.connections = Gauge("chat_gateway_connections", "Open WebSocket connections", registry=self.registry)
         self.users = Gauge("chat_gateway_users", "Distinct users connected", registry=self.registry)
         self.frames_in = Counter(
@@ -26,6 +29,11 @@ class GatewayMetrics:
         self.errors = Counter(
             "chat_gateway_errors", "Error frames sent to clients by code", ["code"], registry=self.registry
         )
+        sent = Counter(
+            "chat_gateway_frames_sent", "Answer frames forwarded to clients by kind", ["kind"], registry=self.registry
+        )
+        # bound once: the reply path increments one of these per frame without a label lookup
+        self.frames_sent = {kind: sent.labels(kind) for kind in ("start", "chunk", "end", "error")}
         self.requests = Counter("chat_gateway_requests", "Chat requests published", registry=self.registry)
         self.in_flight = Gauge("chat_gateway_in_flight", "Requests awaiting their answer", registry=self.registry)
         self.response_seconds = Histogram(
@@ -40,12 +48,13 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.window = RollingWindow(60)
+        self.window = RollingWindow(window_s)
         self.requests_total = 0
         self.errors_total = 0
         self.response_sum_ms = 0.0
         self.response_count = 0
         self.recent_response_ms: list[float] = []
+        self.recent_first_chunk_ms: list[float] = []
 
     def record_request(self) -> None:
         self.requests.inc()
@@ -63,6 +72,20 @@ class GatewayMetrics:
             if len(self.recent_response_ms) < 1000:
                 self.recent_response_ms.append(response_ms)
 
+    def record_first_chunk(self, seconds: float, span: Span | None) -> None:
+        self.first_chunk_seconds.observe(seconds)
+        if len(self.recent_first_chunk_ms) < 1000:
+            self.recent_first_chunk_ms.append(seconds * 1000)
+        if span is not None:
+            span.add_event("first_chunk")
+
     def take_recent_response_ms(self) -> list[float]:
         recent, self.recent_response_ms = self.recent_response_ms, []
         return recent
+
+    def take_recent_first_chunk_ms(self) -> list[float]:
+        recent, self.recent_first_chunk_ms = self.recent_first_chunk_ms, []
+        return recent
+
+    def errors_by_code(self) -> dict[str, int]:
+        return counts_by_label(self.errors, "code")

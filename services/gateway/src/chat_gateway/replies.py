@@ -29,6 +29,7 @@ from chat_gateway.broker import GatewayBroker
 from chat_gateway.connection import Connection, PendingRequest
 from chat_gateway.metrics import GatewayMetrics
 from chat_gateway.registry import ConnectionRegistry
+from chat_gateway.tracing import end_message_span, reply_received
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +81,16 @@ class ReplyRouter:
             return  # a duplicate the broker delivered twice
         pending.next_seq = headers.seq + 1
         connection.send(message.body.decode())
+        self.metrics.frames_sent[headers.kind].inc()
         if headers.kind == "chunk" and pending.first_chunk_at is None:
             pending.first_chunk_at = time.monotonic()
-            self.metrics.first_chunk_seconds.observe(pending.first_chunk_at - pending.started)
+            self.metrics.record_first_chunk(pending.first_chunk_at - pending.started, pending.span)
         elif headers.kind in ("end", "error"):
+            reply_received(pending.span, headers.kind)
             error_code = (headers.code or ErrorCode.UPSTREAM_ERROR.value) if headers.kind == "error" else None
             self.finish(connection, pending, error_code=error_code)
+        elif headers.kind == "start" and pending.span is not None:
+            pending.span.add_event("response_start")
 
     def finish(
         self, connection: Connection, pending: PendingRequest, *, error_code: str | None, record: bool = True
@@ -99,6 +104,8 @@ class ReplyRouter:
             pending.timer.cancel()
             pending.timer = None
         self.metrics.in_flight.dec()
+        outcome = "error" if error_code else "complete" if record else "abandoned"
+        end_message_span(pending.span, error_code=error_code, outcome=outcome)
         if not record:
             return
         elapsed_ms = (time.monotonic() - pending.started) * 1000

@@ -8,6 +8,7 @@ import signal
 
 from chat_common.logs import setup_logging
 from chat_common.process import run
+from chat_common.samples import RequestSampler
 from chat_common.settings import Settings, load_settings
 from chat_common.store import ChatStore, create_pool
 from chat_common.telemetry import setup_tracing
@@ -21,7 +22,7 @@ from llm_worker.service import Worker
 logger = logging.getLogger("llm_worker")
 
 
-async def amain(settings: Settings) -> None:
+async def amain(settings: Settings, *, sampler: RequestSampler | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -32,7 +33,7 @@ async def amain(settings: Settings) -> None:
     answerer = Answerer(
         settings, ChatStore(pool), provider, {str(k): v for k, v in load_prompts(settings).items()}, metrics
     )
-    worker = Worker(settings, answerer, metrics)
+    worker = Worker(settings, answerer, metrics, sampler=sampler)
 
     def health() -> tuple[int, dict[str, object]]:
         ok = worker.connected
@@ -45,10 +46,13 @@ async def amain(settings: Settings) -> None:
     try:
         await worker.start()
         beats = asyncio.create_task(worker.heartbeats())
+        reaper = asyncio.create_task(worker.reap_forever())
         logger.info("worker %s ready (provider %s)", settings.instance_id, settings.provider)
         await stop.wait()
         logger.info("worker %s stopping", settings.instance_id)
         beats.cancel()
+        reaper.cancel()
+        await worker.farewell()
         await worker.stop(grace_s=settings.shutdown_grace / 1000)
     finally:
         server.close()
@@ -59,8 +63,9 @@ async def amain(settings: Settings) -> None:
 def main() -> None:
     settings = load_settings()
     setup_logging(settings, service="llm-worker")
-    setup_tracing(settings, service="llm-worker")
-    run(amain(settings))
+    sampler = RequestSampler()
+    setup_tracing(settings, service="llm-worker", observers=[sampler])
+    run(amain(settings, sampler=sampler))
 
 
 if __name__ == "__main__":

@@ -1,25 +1,49 @@
-"""Prometheus metrics of one worker process."""
+"""Prometheus metrics of one worker process, and the figures its heartbeat carries."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from chat_common.metrics import counts_by_label, register_process_collectors
+from llm_worker.tracing import ERROR_OUTCOMES, mark_outcome
+
 _BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
+_RECENT_CAP = 1000
+
+
+class _RecentHistogram:
+    """A histogram that also keeps the values observed since the last heartbeat (for percentiles)."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+        self.recent_ms: list[float] = []
+
+    def observe(self, seconds: float) -> None:
+        self.histogram.observe(seconds)
+        if len(self.recent_ms) < _RECENT_CAP:
+            self.recent_ms.append(seconds * 1000)
+
+    def take_ms(self) -> list[float]:
+        recent, self.recent_ms = self.recent_ms, []
+        return recent
 
 
 class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        register_process_collectors(self.registry)
         self.requests = Counter(
             "chat_worker_requests", "Requests handled by outcome", ["outcome"], registry=self.registry
         )
         self.in_flight = Gauge("chat_worker_in_flight", "Requests being answered", registry=self.registry)
         self.tokens = Counter("chat_worker_llm_tokens", "LLM tokens by kind", ["kind"], registry=self.registry)
-        self.first_token_seconds = Histogram(
-            "chat_worker_first_token_seconds",
-            "Time from taking a request to the model's first token",
-            buckets=_BUCKETS,
-            registry=self.registry,
+        self.first_token_seconds = _RecentHistogram(
+            Histogram(
+                "chat_worker_first_token_seconds",
+                "Time from taking a request to the model's first token",
+                buckets=_BUCKETS,
+                registry=self.registry,
+            )
         )
         self.answer_seconds = Histogram(
             "chat_worker_answer_seconds",
@@ -35,7 +59,9 @@ class WorkerMetrics:
         self.recent_answer_ms: list[float] = []
 
     def record(self, outcome: str, *, answer_ms: float | None = None) -> None:
+        """Count a request's outcome (and tag the request's span with it)."""
         self.requests.labels(outcome).inc()
+        mark_outcome(outcome)
         self.requests_total += 1
         if outcome in ("upstream_error", "store_error"):
             self.errors_total += 1
@@ -43,9 +69,23 @@ class WorkerMetrics:
             self.answer_seconds.observe(answer_ms / 1000)
             self.answer_sum_ms += answer_ms
             self.answer_count += 1
-            if len(self.recent_answer_ms) < 1000:
+            if len(self.recent_answer_ms) < _RECENT_CAP:
                 self.recent_answer_ms.append(answer_ms)
 
     def take_recent_answer_ms(self) -> list[float]:
         recent, self.recent_answer_ms = self.recent_answer_ms, []
         return recent
+
+    def take_recent_first_token_ms(self) -> list[float]:
+        return self.first_token_seconds.take_ms()
+
+    def tokens_by_kind(self) -> dict[str, int]:
+        return counts_by_label(self.tokens, "kind")
+
+    def errors_by_code(self) -> dict[str, int]:
+        by_outcome = counts_by_label(self.requests, "outcome")
+        codes: dict[str, int] = {}
+        for outcome, code in ERROR_OUTCOMES.items():
+            if by_outcome.get(outcome):
+                codes[code] = codes.get(code, 0) + by_outcome[outcome]
+        return codes

@@ -14,8 +14,10 @@ from typing import Protocol, cast
 
 import openai
 from openai.types.chat import ChatCompletionMessageParam
+from opentelemetry import trace
 
 from chat_common.settings import Settings
+from llm_worker.tracing import end_llm_span, start_llm_span, traced_http_client
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,23 +63,33 @@ class OpenAIProvider:
             base_url=settings.openai_base_url,
             timeout=settings.openai_timeout,
             max_retries=settings.openai_max_retries,
+            http_client=traced_http_client(),
         )
 
     async def stream(self, messages: list[PromptMessage], *, max_tokens: int) -> AsyncIterator[StreamEvent]:
+        span = start_llm_span(system="openai", model=self.model, max_tokens=max_tokens)
         try:
-            response = await self.client.chat.completions.create(
-                model=self.model,
-                messages=cast(
-                    "list[ChatCompletionMessageParam]", [{"role": m.role, "content": m.content} for m in messages]
-                ),
-                max_tokens=max_tokens,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
+            # current only around the call, so the SDK's HTTP request span is its child
+            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                response = await self.client.chat.completions.create(
+                    model=self.model,
+                    messages=cast(
+                        "list[ChatCompletionMessageParam]", [{"role": m.role, "content": m.content} for m in messages]
+                    ),
+                    max_tokens=max_tokens,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
         except openai.OpenAIError as exc:
+            end_llm_span(span, finish_reason=None, error=exc)
             raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
-        reason = "stop"
+        except BaseException as exc:
+            end_llm_span(span, finish_reason=None, error=exc)
+            raise
+        reason: str | None = None
         prompt_tokens = completion_tokens = None
+        first = True
+        failure: BaseException | None = None
         try:
             async for chunk in response:
                 if chunk.usage is not None:
@@ -85,14 +97,25 @@ class OpenAIProvider:
                     completion_tokens = chunk.usage.completion_tokens
                 for choice in chunk.choices:
                     if choice.delta.content:
+                        if first:
+                            span.add_event("first_token")
+                            first = False
                         yield Delta(choice.delta.content)
                     if choice.finish_reason:
                         reason = choice.finish_reason
         except openai.OpenAIError as exc:
+            failure = exc
             raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
         finally:
             await response.close()
-        yield Finish(reason, prompt_tokens, completion_tokens)
+            end_llm_span(
+                span,
+                finish_reason=reason,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                error=failure,
+            )
+        yield Finish(reason or "stop", prompt_tokens, completion_tokens)
 
     async def close(self) -> None:
         await self.client.close()
@@ -125,21 +148,28 @@ class FakeProvider:
     async def stream(self, messages: list[PromptMessage], *, max_tokens: int) -> AsyncIterator[StreamEvent]:
         words = self._answer(messages)
         count = min(len(words), max_tokens)
-        if self.first_token_s:
-            await asyncio.sleep(self.first_token_s)
-        interval = 1 / self.tokens_per_second if self.tokens_per_second > 0 else 0.0
-        start = asyncio.get_running_loop().time()
-        for index, word in enumerate(words[:count]):
-            if interval:
-                # pace against the clock, not per sleep, so timer slack does not accumulate
-                delay = start + index * interval - asyncio.get_running_loop().time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            elif index % 64 == 63:
-                await asyncio.sleep(0)
-            yield Delta(word if index == 0 else " " + word)
+        span = start_llm_span(system="fake", model="fake", max_tokens=max_tokens)
+        reason: str | None = None
         prompt_tokens = sum(len(m.content.split()) for m in messages)
-        yield Finish("length" if count < len(words) else "stop", prompt_tokens, count)
+        try:
+            if self.first_token_s:
+                await asyncio.sleep(self.first_token_s)
+            interval = 1 / self.tokens_per_second if self.tokens_per_second > 0 else 0.0
+            start = asyncio.get_running_loop().time()
+            span.add_event("first_token")
+            for index, word in enumerate(words[:count]):
+                if interval:
+                    # pace against the clock, not per sleep, so timer slack does not accumulate
+                    delay = start + index * interval - asyncio.get_running_loop().time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                elif index % 64 == 63:
+                    await asyncio.sleep(0)
+                yield Delta(word if index == 0 else " " + word)
+            reason = "length" if count < len(words) else "stop"
+        finally:
+            end_llm_span(span, finish_reason=reason, prompt_tokens=prompt_tokens, completion_tokens=count)
+        yield Finish(reason, prompt_tokens, count)
 
     def _answer(self, messages: list[PromptMessage]) -> list[str]:
         question = next((m.content for m in reversed(messages) if m.role == "user"), "")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import Any
@@ -26,23 +27,31 @@ import pydantic
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
 from chat_common import topology
-from chat_common.broker import connect, now_ms, publish_heartbeats
+from chat_common.broker import connect, now_ms, publish_farewell, publish_heartbeats
 from chat_common.envelopes import ChatRequest, ControlMessage, Heartbeat
 from chat_common.errors import DEFAULT_MESSAGES, ErrorCode
 from chat_common.process import rss_bytes
+from chat_common.samples import RequestSampler
 from chat_common.settings import Settings
 from chat_common.store import UNAVAILABLE_ERRORS, ChatStore, StoredAnswer
-from chat_common.telemetry import extract_context
 from llm_worker.answer import Answerer, CancelScope, with_store_retry
 from llm_worker.metrics import WorkerMetrics
 from llm_worker.replies import ReplyStream
+from llm_worker.tracing import end_process_span, start_process_span
 
 logger = logging.getLogger(__name__)
 
+REAP_MARGIN_S = 15.0
+"""seconds past a request's deadline before a question without an answer counts as lost."""
+
 
 class Worker:
-    def __init__(self, settings: Settings, answerer: Answerer, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self, settings: Settings, answerer: Answerer, metrics: WorkerMetrics, *, sampler: RequestSampler | None = None
+    ) -> None:
         self.settings = settings
+        self.sampler = sampler or RequestSampler()
+        self._telemetry: AbstractExchange | None = None
         self.answerer = answerer
         self.store: ChatStore = answerer.store
         self.metrics = metrics
@@ -79,11 +88,16 @@ class Worker:
     async def heartbeats(self) -> None:
         assert self.connection is not None
         channel = await self.connection.channel(publisher_confirms=False)
-        exchange = await topology.declare_telemetry(channel)
-        await publish_heartbeats(exchange, self.heartbeat, interval_s=self.settings.heartbeat_interval / 1000)
+        self._telemetry = await topology.declare_telemetry(channel)
+        await publish_heartbeats(self._telemetry, self.heartbeat, interval_s=self.settings.heartbeat_interval / 1000)
+
+    async def farewell(self) -> None:
+        """Tell the monitor this worker is leaving in order (so that it does not alert about the silence)."""
+        await publish_farewell(self._telemetry, self.heartbeat())
 
     def heartbeat(self) -> Heartbeat:
         metrics = self.metrics
+        slowest, failed = self.sampler.take()
         return Heartbeat(
             instance_id=self.settings.instance_id,
             role="worker",
@@ -93,19 +107,28 @@ class Worker:
             concurrency=self.settings.worker_concurrency,
             requests_total=metrics.requests_total,
             errors_total=metrics.errors_total,
+            errors_by_code=metrics.errors_by_code(),
             response_time_sum_ms=metrics.answer_sum_ms,
             response_time_count=metrics.answer_count,
             recent_response_ms=metrics.take_recent_answer_ms(),
+            recent_first_chunk_ms=metrics.take_recent_first_token_ms(),
+            tokens_total=metrics.tokens_by_kind(),
             rss_bytes=rss_bytes(),
+            cpu_seconds=time.process_time(),
             broker_connected=self.connected,
+            slow_requests=slowest,
+            failed_requests=failed,
         )
 
     # ------------------------------------------------------------------ requests
 
     async def _on_request(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(message))
+        # the request's task runs inside its span: every span and log line of it joins the message's trace
+        span, task_context = start_process_span(message)
+        task = asyncio.get_running_loop().create_task(self._handle(message), context=task_context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(end_process_span, span))
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -126,7 +149,7 @@ class Worker:
             publish_timeout_s=self.settings.publish_timeout / 1000,
         )
         try:
-            if await self._settled_before(request, replies):
+            if await self._settled_before(request, replies, redelivered=message.redelivered or _attempt(message) > 1):
                 await message.ack()
                 return
         except UNAVAILABLE_ERRORS:
@@ -137,32 +160,29 @@ class Worker:
         scope = CancelScope(request=request, task=asyncio.current_task(), replies=replies)
         self._active[request.request_id] = scope
         self.metrics.in_flight.inc()
-        token = None
         try:
-            from opentelemetry import context
-
-            token = context.attach(extract_context(message.headers))
             await self.answerer.answer(request, replies, scope)
             await message.ack()
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(message.nack(requeue=True))
             raise
-        except Exception:
+        except Exception as exc:
+            if not self.connected:  # the broker went away mid-answer: it has the request back already
+                logger.warning("request %s abandoned: broker connection lost (%r)", request.request_id, exc)
+                return
             logger.exception("request %s failed; returned to the queue", request.request_id)
             self.metrics.record("store_error")
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
         finally:
-            if token is not None:
-                context.detach(token)
             if self._active.get(request.request_id) is scope:
                 del self._active[request.request_id]
             if scope.pending_disconnect is not None:
                 scope.pending_disconnect.cancel()
             self.metrics.in_flight.dec()
 
-    async def _settled_before(self, request: ChatRequest, replies: ReplyStream) -> bool:
+    async def _settled_before(self, request: ChatRequest, replies: ReplyStream, *, redelivered: bool) -> bool:
         """``True`` when there is nothing to generate: the deadline passed while the request was
         queued, or an earlier attempt stored the answer (then it is sent again, whole)."""
         if request.deadline_ms < now_ms():
@@ -173,6 +193,10 @@ class Worker:
             )
             self.metrics.record("expired")
             return True
+        if not redelivered:
+            # request ids are new on every publish: only a redelivery can find its answer stored,
+            # so a first delivery skips the query (a quarter of the worker's database round trips)
+            return False
         stored = await with_store_retry(request, lambda: self.store.get_answer(request.request_id))
         if stored is None:
             return False
@@ -258,6 +282,22 @@ class Worker:
             await asyncio.sleep(1)
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
+
+    # ------------------------------------------------------------------ lost requests
+
+    async def reap_forever(self) -> None:
+        """Now and then, record as ``TIMEOUT`` the questions whose request never reached a worker
+        (the gateway died between storing and publishing) once their deadline is well past."""
+        timeout_s = self.settings.request_timeout / 1000
+        interval = min(max(timeout_s / 2, 5.0), 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                reaped = await self.store.fail_stale_requests(older_than_s=timeout_s + REAP_MARGIN_S)
+            except UNAVAILABLE_ERRORS:
+                continue
+            if reaped:
+                logger.warning("%d questions without a request past their deadline recorded as TIMEOUT", reaped)
 
     # ------------------------------------------------------------------ shutdown
 
