@@ -296,6 +296,12 @@ def test_env_example_documents_every_setting_and_every_compose_variable() -> Non
         assert is_service_env(name) or name in compose_vars, f"{name} in .env.example is read by nothing"
 
 
+def test_env_example_documents_each_variable_once() -> None:
+    names = [name for name, _ in ASSIGNMENT.findall(ENV_EXAMPLE)]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    assert not twice, f"documented more than once in .env.example: {twice}"
+
+
 def test_env_example_shows_the_real_defaults_and_clean_value_lines() -> None:
     for name, value in ASSIGNMENT.findall(ENV_EXAMPLE):
         assert "#" not in value, f"{name}: a trailing comment would become part of the value (systemd)"
