@@ -39,6 +39,8 @@ async def publish_heartbeat(exchange: AbstractExchange, beat: Heartbeat, *, time
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
         ),
         routing_key=beat.role,
+        # nobody may be listening (no monitor yet): an unroutable heartbeat is dropped, not returned
+        mandatory=False,
         timeout=timeout_s,
     )
 
