@@ -25,8 +25,11 @@ from llm_worker.coalesce import Coalescer
 from llm_worker.providers import Delta, FakeProvider, PromptMessage
 
 
-def frame(kind: str, data: dict[str, Any]) -> str:
-    return orjson.dumps({"type": kind, "data": data}).decode()
+def frame(kind: str, data: dict[str, Any], request_id: Any = None) -> str:
+    body: dict[str, Any] = {"type": kind, "data": data}
+    if request_id is not None:
+        body["requestId"] = request_id
+    return orjson.dumps(body).decode()
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -47,19 +50,27 @@ def create_app(settings: Settings) -> FastAPI:
                 if message.get("type") == "join_chat":
                     data = message.get("data", {})
                     await websocket.send_text(
-                        frame("chat_joined", {"chatId": chat_id, "chatType": data.get("chatType"), "history": []})
+                        frame(
+                            "chat_joined",
+                            {"chatId": chat_id, "chatType": data.get("chatType"), "history": []},
+                            message.get("requestId"),
+                        )
                     )
                 elif message.get("type") == "send_message":
-                    await answer(websocket, model, settings, chat_id, str(message["data"]["content"]))
+                    content = str(message["data"]["content"])
+                    await answer(websocket, model, settings, chat_id, content, message.get("requestId"))
         except WebSocketDisconnect:
             return
 
     return app
 
 
-async def answer(websocket: WebSocket, model: FakeProvider, settings: Settings, chat_id: str, content: str) -> None:
+async def answer(
+    websocket: WebSocket, model: FakeProvider, settings: Settings, chat_id: str, content: str, request_id: Any
+) -> None:
     message_id = uuid.uuid4().hex
-    await websocket.send_text(frame("message_accepted", {"messageId": uuid.uuid4().hex, "chatId": chat_id}))
+    accepted = {"messageId": uuid.uuid4().hex, "chatId": chat_id}
+    await websocket.send_text(frame("message_accepted", accepted, request_id))
     await websocket.send_text(frame("response_start", {"messageId": message_id, "chatId": chat_id}))
     coalescer = Coalescer(interval_ms=settings.chunk_coalesce_ms, max_chars=settings.chunk_coalesce_chars)
     parts: list[str] = []

@@ -26,7 +26,7 @@ def one(kind: str, connections: int, processes: int) -> dict[str, Any]:
             "idle",
             proc.port,
             "--users", connections, "--chats", 1, "--duration", 3, "--processes", processes,
-            "--settle", 2, "--connect-concurrency", 100,
+            "--settle", 2, "--connect-concurrency", 200,
             pid=proc.pid,
             tag=kind,
         )  # fmt: skip

@@ -62,6 +62,7 @@ class Stage:
     workers: list[ServiceProcess]
     env: dict[str, str | int]
     direct_database_url: str
+    clients: list[ResilientClient] = dataclasses.field(default_factory=list)
 
 
 async def start_stage(args: argparse.Namespace, log_dir: Path) -> Stage:
@@ -134,12 +135,15 @@ async def stop_worker(stage: Stage, rng: random.Random) -> str:
 
 
 async def restart_gateway(stage: Stage, rng: random.Random, sig: int) -> str:
-    port = rng.choice(stage.gateway_ports)
+    # the gateway holding the most clients: clients that moved away after a restart do not come back
+    held = collections.Counter(c.url for c in stage.clients)
+    port = max(stage.gateway_ports, key=lambda p: (held[f"ws://127.0.0.1:{p}/ws/chat"], rng.random()))
     victim = stage.gateways[port]
     victim.signal(sig)
     code = await victim.wait_exit(30)
     stage.gateways[port] = await stage.cluster.gateway(gateway_port=port, **stage.env)
-    return f"{signal.Signals(sig).name} gateway :{port} (exit {code}), restarted"
+    clients = held[victim.extra["ws_url"]]
+    return f"{signal.Signals(sig).name} gateway :{port} holding {clients} clients (exit {code}), restarted"
 
 
 async def cut_broker(stage: Stage, _rng: random.Random) -> str:
@@ -279,6 +283,7 @@ async def run(args: argparse.Namespace) -> int:
             ResilientClient(urls[i % len(urls) :] + urls[: i % len(urls)], make_token(f"chaos-{i}-{time.time_ns()}"))
             for i in range(args.clients)
         ]
+        stage.clients = clients
         outcomes: list[Outcome] = []
         stop = asyncio.Event()
         journal: list[str] = []
@@ -313,7 +318,12 @@ def main() -> None:
     parser.add_argument("--think", type=float, default=1.0, help="mean seconds between a client's questions")
     parser.add_argument("--fault-every", type=float, default=15, help="seconds between faults")
     parser.add_argument("--answer-tokens", type=int, default=40)
-    parser.add_argument("--settle", type=float, default=5, help="seconds to wait before reading the ledger")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=65,
+        help="seconds to wait before reading the ledger: past REQUEST_TIMEOUT (30 s) and the reaper's margin",
+    )
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--amqp-url", default="amqp://guest:guest@localhost:5672/")
     parser.add_argument("--database-url", default="postgresql://postgres@localhost:5432/postgres")

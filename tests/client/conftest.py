@@ -1,6 +1,6 @@
 """One cluster shared by the client tests that need settings of their own (a module-free session
 fixture, so that its fake model and worker start once): development tokens on, 4 messages per
-window, no JWT leeway."""
+window, no JWT leeway, a quick stop."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ GATEWAY_SETTINGS: dict[str, str | int] = {
     "WS_RATE_LIMIT_MAX_MESSAGES": 4,
     "JWT_LEEWAY": 0,
 }
+QUICK_STOP: dict[str, str | int] = {"SHUTDOWN_GRACE": 2000, "SHUTDOWN_SPREAD": 200}
+"""the tests end no answer mid-way: stop in seconds rather than the production grace."""
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +30,9 @@ async def client_cluster(services: Services, log_dir: Path) -> AsyncIterator[Clu
     cluster = Cluster(dataclasses.replace(services, amqp_url=amqp_url, vhost=vhost), log_dir)
     try:
         await cluster.fake_openai()
-        await cluster.worker(CHUNK_COALESCE_MS=20)
-        await cluster.gateway(**GATEWAY_SETTINGS)
+        await asyncio.gather(
+            cluster.worker(CHUNK_COALESCE_MS=20, **QUICK_STOP), cluster.gateway(**GATEWAY_SETTINGS, **QUICK_STOP)
+        )
         yield cluster
     finally:
         await cluster.stop_all()

@@ -1,6 +1,7 @@
 """The browser chat page in headless Chromium against a running gateway, worker and (fake) model.
 
-Set CHAT_PAGE_SCREENSHOT=docs/chat-page.png to refresh the screenshot in the docs.
+Set CHAT_PAGE_SCREENSHOT=docs/chat-page.png to refresh the screenshots in the docs (the conversation,
+and beside it chat-page-rate-limited.png).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from playwright.async_api import Page, async_playwright, expect
 
 from chat_common.settings import Settings
 from chat_gateway.app import create_app
-from tests.support.client import TEST_SECRET
+from tests.support.client import TEST_SECRET, make_token
 from tests.support.processes import ROOT, ServiceProcess
 
 CHROMIUM_ARGS = [
@@ -119,8 +120,8 @@ async def test_chat_in_the_browser(client_gateway: ServiceProcess, tmp_path: Pat
             await expect(page.locator(".msg.user .text")).to_have_text([question])
             await expect(page.locator(".msg.assistant .text")).to_have_text([answer])
             await expect(page.locator("#chats li.active .title")).to_have_text(question)
-            screenshot = Path(os.environ.get("CHAT_PAGE_SCREENSHOT") or tmp_path / "chat-page.png")
-            await page.screenshot(path=str(ROOT / screenshot if not screenshot.is_absolute() else screenshot))
+            screenshot = ROOT / os.environ.get("CHAT_PAGE_SCREENSHOT", tmp_path / "chat-page.png")
+            await page.screenshot(path=str(screenshot))
 
             # the 5th message in the window is refused: the page says how long to wait
             await page.fill("#input", "[[tokens:3]] one more")
@@ -133,7 +134,31 @@ async def test_chat_in_the_browser(client_gateway: ServiceProcess, tmp_path: Pat
             await expect(notice).to_contain_text("You are sending messages too quickly. You can send again in")
             await expect(page.locator("#send")).to_be_disabled()
             await expect(page.locator("#input")).to_have_value("and another")
-            await page.screenshot(path=str(tmp_path / "rate-limited.png"))
+            await page.screenshot(path=str(screenshot.with_name("chat-page-rate-limited.png")))
             assert errors == []
+        finally:
+            await browser.close()
+
+
+async def test_sign_in_with_a_pasted_token_where_dev_tokens_are_off(gateway: ServiceProcess) -> None:
+    """The production shape: no development endpoint, the page says so, a pasted token works."""
+    user = f"pasted-{uuid.uuid4().hex[:6]}"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(gateway.extra["http_url"] + "/chat/")
+            await page.click("text=Get a development token")
+            await expect(page.locator("#sign-in-error")).to_contain_text("Development tokens are turned off")
+            await page.fill("#token", make_token(user))
+            await page.click("text=Use this token")
+            await expect(page.locator("#status")).to_have_attribute("data-state", "online", timeout=10_000)
+            await expect(page.locator("#who")).to_have_text(user)
+            await page.fill("#input", "[[tokens:5]] hello")
+            await page.keyboard.press("Enter")
+            await _wait_answer(page, 0)
+            await page.click("#sign-out")
+            await expect(page.locator("#sign-in")).to_be_visible()
+            await expect(page.locator("#status")).to_have_attribute("data-state", "offline")
         finally:
             await browser.close()

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.deploy.support import ROOT, SERVICES
+from tests.deploy.support import ROOT, SERVICES, load_yaml_documents
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess, free_port
 
@@ -78,3 +81,54 @@ async def test_unknown_role_is_a_usage_error() -> None:
     result = await healthcheck("database")
     assert result.returncode == 1
     assert "unknown role" in result.stderr
+
+
+async def test_every_kubernetes_http_probe_answers_on_the_live_service(stack: Cluster, monitor: ServiceProcess) -> None:
+    """Each httpGet probe of deploy/k8s, sent to the running service of its Deployment, answers 200."""
+    live = {
+        "chat-gateway": next(p for p in stack.processes if p.name == "gateway").extra["port"],
+        "llm-worker": next(p for p in stack.processes if p.name == "worker").extra["port"],
+        "chat-monitor": monitor.extra["port"],
+    }
+    probed = 0
+    async with httpx.AsyncClient(timeout=5) as client:
+        for path in sorted((ROOT / "deploy/k8s").glob("*.yaml")):
+            for doc in load_yaml_documents(path):
+                if doc.get("kind") != "Deployment":
+                    continue
+                port = live[doc["metadata"]["name"]]
+                for container in doc["spec"]["template"]["spec"]["containers"]:
+                    for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+                        get = container.get(kind, {}).get("httpGet")
+                        if get:
+                            response = await client.get(f"http://127.0.0.1:{port}{get['path']}")
+                            assert response.status_code == 200, (doc["metadata"]["name"], kind, get["path"])
+                            probed += 1
+    assert probed >= 3
+
+
+def series_names(exposition: str) -> set[str]:
+    """Every series name a /metrics page can have, from its ``# TYPE`` lines."""
+    names: set[str] = set()
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", exposition, re.MULTILINE):
+        names.add(name)
+        names.update(name + suffix for suffix in suffixes.get(kind, ()))
+    return names
+
+
+async def test_the_grafana_dashboard_queries_metrics_the_services_export(
+    stack: Cluster, monitor: ServiceProcess
+) -> None:
+    gateway = next(p for p in stack.processes if p.name == "gateway")
+    worker = next(p for p in stack.processes if p.name == "worker")
+    exported: set[str] = set()
+    async with httpx.AsyncClient(timeout=5) as client:
+        for port in (gateway.extra["port"], worker.extra["port"], monitor.extra["port"]):
+            exported |= series_names((await client.get(f"http://127.0.0.1:{port}/metrics")).text)
+    assert "chat_gateway_connections" in exported
+    for path in sorted((ROOT / "deploy/grafana/dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel.get("targets", []):
+                used = set(re.findall(r"\b(chat_[a-z_]+)\b", target["expr"]))
+                assert used <= exported, f"{path.name} '{panel['title']}': {sorted(used - exported)} not exported"

@@ -399,9 +399,12 @@ async def test_clients_through_nginx_reach_both_gateways_and_limits_hold_across_
         assert answer.end is not None
         assert "Over TLS?" in answer.end["content"]
 
-    # the gateway's HTTP API passes through; Prometheus metrics do not
+    # the gateway's HTTP API and chat page pass through; Prometheus metrics do not
     async with httpx.AsyncClient(timeout=5) as http:
         health = await http.get(balanced.http_url + "/api/websocket/health")
         assert health.status_code == 200
         assert health.json()["status"] in ("healthy", "warning")
         assert (await http.get(balanced.http_url + "/metrics")).status_code == 404, "metrics stay internal"
+        page = await http.get(balanced.http_url + "/chat/")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")

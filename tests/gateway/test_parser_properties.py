@@ -77,7 +77,7 @@ def test_arbitrary_json(value: Any) -> None:
     parse_or_refuse(raw.decode())
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(near_frames, st.data())
 def test_near_valid_frames_and_their_truncations(value: dict[str, Any], data: st.DataObject) -> None:
     raw = json.dumps(value).encode()

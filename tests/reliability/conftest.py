@@ -39,6 +39,7 @@ async def rel(rel_base: Cluster) -> AsyncIterator[Cluster]:
     """This test's processes, in the shared vhost, using the shared fake OpenAI server."""
     scene = Cluster(rel_base.services, rel_base.log_dir)
     scene.openai_url = rel_base.openai_url
+    scene.start_timeout = 60  # several processes start at once here
     await _purge(rel_base.services.amqp_url)
     try:
         yield scene

@@ -47,6 +47,8 @@ class ResilientClient:
     ws: ClientConnection | None = None
     _next_url: int = 0
     closes: list[int] = field(default_factory=list)
+    url: str | None = None
+    """the gateway this client is connected to now."""
 
     async def _connect(self, *, deadline: float, resume: tuple[str, int] | None = None) -> list[dict[str, Any]]:
         """Connect to the next gateway that answers and (re)join the chat, naming the answer to resume
@@ -61,11 +63,13 @@ class ResilientClient:
                 if self.chat_id is not None:
                     data["chatId"] = self.chat_id
                     if resume is not None:
-                        data["messageId"], data["lastSeq"] = resume
+                        data["messageId"] = resume[0]
+                        if resume[1] >= 0:  # no chunk seen yet: the whole answer
+                            data["lastSeq"] = resume[1]
                 await self.ws.send(json.dumps({"type": "join_chat", "data": data}))
                 frame = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
                 if frame["type"] == "chat_joined":
-                    self.chat_id = frame["data"]["chatId"]
+                    self.chat_id, self.url = frame["data"]["chatId"], url
                     return list(frame["data"]["history"])
             except (OSError, ConnectionClosed, InvalidHandshake, InvalidStatus, TimeoutError):
                 pass

@@ -6,7 +6,7 @@ async with await ChatClient.connect("ws://localhost:3000/ws/chat", token_provide
         print(delta, end="")
 """
 
-from chat_client.answer import Answer, AnswerChunk, AnswerEnd
+from chat_client.answer import Answer, AnswerChunk, AnswerEnd, AnswerRestarted
 from chat_client.client import ChatClient, ChatInfo, ChatSummary, ChatType, HistoryMessage
 from chat_client.errors import (
     ERRORS_BY_CODE,
@@ -37,6 +37,7 @@ __all__ = [
     "AnswerChunk",
     "AnswerEnd",
     "AnswerInterrupted",
+    "AnswerRestarted",
     "Backoff",
     "Busy",
     "ChatClient",

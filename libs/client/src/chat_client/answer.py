@@ -24,6 +24,13 @@ class AnswerChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerRestarted:
+    """The request was delivered again (a worker failed mid-answer): the text starts over from here."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class AnswerEnd:
     message_id: str
     content: str
@@ -33,7 +40,7 @@ class AnswerEnd:
     """the end was read from the chat's history after a reconnect rather than streamed."""
 
 
-Event = AnswerChunk | AnswerEnd
+Event = AnswerChunk | AnswerRestarted | AnswerEnd
 
 
 @dataclass(eq=False, slots=True)
@@ -47,6 +54,7 @@ class Answer:
     message_id: str | None = None
     last_seq: int | None = None
     """the sequence number of the last chunk received: what a resume asks to continue after."""
+    attempt: int = 1
     sent_at: float = field(default_factory=time.monotonic)
     accepted_at: float | None = None
     started_at: float | None = None
@@ -63,6 +71,8 @@ class Answer:
         default_factory=lambda: asyncio.get_running_loop().create_future(), repr=False
     )
     _consumed: bool = field(default=False, repr=False)
+    _recovering: bool = field(default=False, repr=False)
+    """rejoined after a reconnect and waiting for the rest (resumed frames or the stored answer)."""
 
     @property
     def text(self) -> str:
@@ -86,7 +96,14 @@ class Answer:
         if self.started_at is None:
             self.started_at = time.monotonic()
 
+    def _on_restart(self, attempt: int) -> None:
+        self.attempt = attempt
+        self.last_seq = None
+        self._parts.clear()
+        self._events.put_nowait(AnswerRestarted(attempt))
+
     def _on_chunk(self, delta: str, seq: int | None) -> None:
+        self._recovering = False
         if seq is not None:
             if self.last_seq is not None and seq <= self.last_seq:
                 return  # already seen: a resume replays from the last sequence it knows
@@ -122,7 +139,11 @@ class Answer:
     # ------------------------------------------------------------------ for the caller
 
     async def __aiter__(self) -> AsyncIterator[Event]:
-        """Chunks in order, then the ``AnswerEnd``; raises the answer's error instead of ending."""
+        """Chunks in order, then the ``AnswerEnd``; raises the answer's error instead of ending.
+
+        An ``AnswerRestarted`` in between means the text starts over (the worker failed mid-answer and
+        the request was delivered again): drop what was shown of this answer.
+        """
         if self._consumed:
             raise RuntimeError("an answer can be iterated once; use result() or text afterwards")
         self._consumed = True
@@ -135,7 +156,7 @@ class Answer:
                 return
 
     async def deltas(self) -> AsyncIterator[str]:
-        """Only the text deltas, in order."""
+        """Only the text deltas, in order (after an ``AnswerRestarted`` they start the text again)."""
         async for event in self:
             if isinstance(event, AnswerChunk):
                 yield event.delta

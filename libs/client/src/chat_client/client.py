@@ -463,8 +463,14 @@ class ChatClient:
 
     def _on_start(self, data: dict[str, Any]) -> None:
         message_id = data["messageId"]
-        if message_id in self._by_message:
-            return  # a resumed answer we already know
+        attempt = data.get("attempt") or 1
+        known = self._by_message.get(message_id)
+        if known is not None:
+            # resumed: the rest follows; a later attempt (a redelivered request): the answer starts over
+            if not data.get("resumed") and attempt > known.attempt:
+                known._on_restart(attempt)
+            known._recovering = False
+            return
         answer = self._by_message.get(data.get("userMessageId") or "")
         if answer is not None:
             with contextlib.suppress(ValueError):
@@ -476,6 +482,7 @@ class ChatClient:
                     answer = candidate
         if answer is not None:
             answer._on_start(message_id)
+            answer.attempt = attempt
             self._by_message[message_id] = answer
 
     def _on_error(self, rid: Any, data: dict[str, Any]) -> None:
@@ -489,6 +496,10 @@ class ChatClient:
         if answer is None and error.message_id is not None:
             answer = self._by_message.get(error.message_id)
         if answer is not None:
+            if answer._recovering and error.code == "TIMEOUT":
+                # "answer not resumed": no worker holds it now; it will be in the history when it ends
+                logger.info("answer %s not resumed; looking for it in the history", answer.message_id)
+                return
             self._fail(answer, error)
             return
         self.last_error = error
@@ -517,6 +528,7 @@ class ChatClient:
                 continue
             stored = self._stored_answer(answer)
             if stored is None or stored.status not in ("complete", "cancelled", "failed"):
+                answer._recovering = True
                 waiting = True
             elif stored.status == "failed":
                 self._fail(answer, UpstreamError("The language model failed to answer", message_id=stored.id))
@@ -584,6 +596,9 @@ class ChatClient:
 
     def _forget(self, answer: Answer) -> None:
         self._answers.pop(answer.request_id, None)
+        if self._unstarted:  # it ended before a response_start took it out (BUSY, lost, recovered)
+            with contextlib.suppress(ValueError):
+                self._unstarted.remove(answer)
         for key in (answer.user_message_id, answer.message_id):
             if key is not None and self._by_message.get(key) is answer:
                 del self._by_message[key]

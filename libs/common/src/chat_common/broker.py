@@ -39,7 +39,7 @@ async def publish_heartbeat(exchange: AbstractExchange, beat: Heartbeat, *, time
             delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
         ),
         routing_key=beat.role,
-        # no monitor bound is normal (tests, a monitor restarting): no Basic.Return to log as an error
+        # nobody may be listening (no monitor yet): an unroutable heartbeat is dropped, not returned
         mandatory=False,
         timeout=timeout_s,
     )

@@ -48,6 +48,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE UNIQUE INDEX messages_request_role_uidx ON messages (request_id, role);
         """,
     ),
+    (
+        2,
+        """
+        -- questions still waiting for an outcome, for the reaper that records lost requests as failed
+        CREATE INDEX messages_open_requests_idx ON messages (created_at)
+            WHERE role = 'user' AND status = 'accepted';
+        """,
+    ),
 ]
 
 

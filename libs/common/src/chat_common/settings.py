@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     """ms between WebSocket protocol pings; a peer that misses one for as long is dropped."""
     ws_max_unauthenticated_per_address: PositiveInt = 256
     """sockets one client address may hold open before sending ``join_chat``."""
+    ws_max_frames_per_second: PositiveInt = 20
+    """frames of any type one connection may send per second on average (bursts of twice that);
+    beyond it frames are dropped with ``RATE_LIMITED``, so no client can flood the database with
+    ``create_chat`` or the gateway with pings."""
 
     # --- infrastructure ---
     amqp_url: str = "amqp://guest:guest@localhost:5672/"

@@ -25,6 +25,7 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # a protocol state left by a connection killed mid-query
 )
 """what PostgreSQL being away looks like (refused, reset, terminated, restarting, pool closing):
 a transient condition the caller reports as ``BUSY`` or retries, never a bug."""
@@ -164,20 +165,19 @@ class ChatStore:
         ]
 
     async def add_user_message(self, *, message_id: str, chat_id: str, request_id: str, content: str) -> None:
-        async with self.pool.acquire() as connection, connection.transaction():
-            await connection.execute(
-                "INSERT INTO messages (id, chat_id, role, content, request_id, status)"
-                " VALUES ($1, $2, 'user', $3, $4, 'accepted')",
-                uuid.UUID(message_id),
-                uuid.UUID(chat_id),
-                content,
-                uuid.UUID(request_id),
-            )
-            await connection.execute(
-                "UPDATE chats SET updated_at = clock_timestamp(), title = COALESCE(title, left($2, 80)) WHERE id = $1",
-                uuid.UUID(chat_id),
-                content,
-            )
+        # One statement (atomic by itself) instead of BEGIN, INSERT, UPDATE, COMMIT: a quarter of the
+        # round trips on the path of every message.
+        await self.pool.execute(
+            "WITH added AS ("
+            " INSERT INTO messages (id, chat_id, role, content, request_id, status)"
+            " VALUES ($1, $2, 'user', $3, $4, 'accepted') RETURNING chat_id)"
+            " UPDATE chats SET updated_at = clock_timestamp(), title = COALESCE(title, left($3, 80))"
+            " WHERE id = (SELECT chat_id FROM added)",
+            uuid.UUID(message_id),
+            uuid.UUID(chat_id),
+            content,
+            uuid.UUID(request_id),
+        )
 
     async def mark_request(
         self, request_id: str, status: MessageStatus, *, error_code: str | None = None, only_open: bool = False
@@ -208,31 +208,48 @@ class ChatStore:
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
     ) -> bool:
-        """Store the answer to a request once; return ``False`` if it was stored before."""
-        async with self.pool.acquire() as connection, connection.transaction():
-            inserted = await connection.fetchval(
-                "INSERT INTO messages (id, chat_id, role, content, request_id, status, error_code,"
-                " finish_reason, prompt_tokens, completion_tokens)"
-                " VALUES ($1, $2, 'assistant', $3, $4, $5, $6, $7, $8, $9)"
-                " ON CONFLICT DO NOTHING RETURNING true",
-                uuid.UUID(message_id),
-                uuid.UUID(chat_id),
-                content,
-                uuid.UUID(request_id),
-                status,
-                error_code,
-                finish_reason,
-                prompt_tokens,
-                completion_tokens,
-            )
-            if inserted:
-                await connection.execute(
-                    "UPDATE messages SET status = $2, error_code = $3 WHERE request_id = $1 AND role = 'user'",
-                    uuid.UUID(request_id),
-                    "complete" if status == "complete" else status,
-                    error_code,
-                )
-            return bool(inserted)
+        """Store the answer to a request once; return ``False`` if it was stored before.
+
+        One statement (atomic by itself): the insert, and the question's status only when the insert
+        happened, instead of BEGIN, INSERT, UPDATE, COMMIT."""
+        inserted = await self.pool.fetchval(
+            "WITH added AS ("
+            " INSERT INTO messages (id, chat_id, role, content, request_id, status, error_code,"
+            " finish_reason, prompt_tokens, completion_tokens)"
+            " VALUES ($1, $2, 'assistant', $3, $4, $5, $6, $7, $8, $9)"
+            " ON CONFLICT DO NOTHING RETURNING request_id),"
+            " question AS ("
+            " UPDATE messages SET status = $5, error_code = $6"
+            " WHERE request_id = (SELECT request_id FROM added) AND role = 'user' RETURNING 1)"
+            " SELECT EXISTS (SELECT 1 FROM added)",
+            uuid.UUID(message_id),
+            uuid.UUID(chat_id),
+            content,
+            uuid.UUID(request_id),
+            status,
+            error_code,
+            finish_reason,
+            prompt_tokens,
+            completion_tokens,
+        )
+        return bool(inserted)
+
+    async def fail_stale_requests(self, *, older_than_s: float, error_code: str = "TIMEOUT") -> int:
+        """Record as failed every question accepted more than ``older_than_s`` ago that has no answer.
+
+        The gateway stores a question before it publishes the request; a gateway killed in between
+        leaves a question nobody will answer. Past its deadline it can only be a failure; an answer
+        that still comes later overwrites the status (``add_assistant_message``).
+        """
+        result = await self.pool.execute(
+            "UPDATE messages u SET status = 'failed', error_code = $2"
+            " WHERE u.role = 'user' AND u.status = 'accepted'"
+            " AND u.created_at < clock_timestamp() - make_interval(secs => $1)"
+            " AND NOT EXISTS (SELECT 1 FROM messages a WHERE a.request_id = u.request_id AND a.role = 'assistant')",
+            older_than_s,
+            error_code,
+        )
+        return int(result.split()[-1])
 
     async def get_answer(self, request_id: str) -> StoredAnswer | None:
         """The stored answer to a request, if any (to re-send it when a redelivery finds it)."""

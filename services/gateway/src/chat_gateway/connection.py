@@ -56,7 +56,13 @@ class Connection:
     pending: dict[str, PendingRequest] = field(default_factory=dict)
     resumes: dict[str, PendingRequest] = field(default_factory=dict)
     """answers this connection asked to resume, by message id, until the worker's replay arrives."""
+    frame_tokens: float = -1.0
+    """token bucket of the per-connection frame rate; -1 until the first frame fills it."""
+    frame_tokens_at: float = 0.0
+    frame_limit_noticed_at: float = 0.0
     closed: bool = False
+    dispatching: int = 0
+    """client frames being handled now (a graceful shutdown waits for them before it closes)."""
     _out: deque[str] | None = None
     """created with the flusher and dropped with it: an idle connection keeps no queue (a deque is
     over 600 bytes, a fifth of what a bare idle connection costs)."""
@@ -110,3 +116,18 @@ class Connection:
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
+
+    def take_frame(self, rate: float) -> float:
+        """Count one received frame against ``rate`` per second (bursts of ``2 * rate``); return 0
+        if it is allowed, else the seconds until the next one would be."""
+        now = self.last_activity
+        burst = 2 * rate
+        if self.frame_tokens < 0:
+            self.frame_tokens = burst
+        else:
+            self.frame_tokens = min(burst, self.frame_tokens + (now - self.frame_tokens_at) * rate)
+        self.frame_tokens_at = now
+        if self.frame_tokens >= 1:
+            self.frame_tokens -= 1
+            return 0.0
+        return (1 - self.frame_tokens) / rate

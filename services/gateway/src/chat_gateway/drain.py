@@ -31,7 +31,7 @@ async def drain(state: GatewayState, *, grace_s: float, spread_s: float) -> None
     connections = [c for c in state.registry if not c.closed]
     if not connections:
         return
-    busy = sum(1 for c in connections if c.pending or c.resumes)
+    busy = sum(1 for c in connections if _busy(c))
     logger.info(
         "draining %d connections (%d with answers in flight) over %.1fs, grace %.1fs",
         len(connections),
@@ -47,10 +47,18 @@ async def drain(state: GatewayState, *, grace_s: float, spread_s: float) -> None
 async def _close_later(connection: Connection, delay_s: float, deadline: float) -> None:
     await asyncio.sleep(delay_s)
     # a short poll: answers end by replies from the broker, not by one event this could wait on
-    while (connection.pending or connection.resumes) and not connection.closed and time.monotonic() < deadline:  # noqa: ASYNC110
+    while _busy(connection) and not connection.closed and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     if not connection.closed:
-        await connection.close(SERVICE_RESTART, "service restart")
+        # from here no new frame is handled (``FrameHandler.dispatch`` drops it), so nothing can be
+        # stored for a client that is about to be told to go elsewhere
+        connection.closed = True
+        await connection.drain()
+        await connection._close_now(SERVICE_RESTART, "service restart")
+
+
+def _busy(connection: Connection) -> bool:
+    return bool(connection.pending or connection.resumes or connection.dispatching)
 
 
 class GatewayServer(uvicorn.Server):

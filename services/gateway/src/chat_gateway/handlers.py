@@ -56,7 +56,11 @@ class FrameHandler:
 
     async def dispatch(self, frame: ClientFrame) -> None:
         """Run one frame; a ``ChatError`` becomes an error frame and the connection stays open
-        unless the error's code closes it."""
+        unless the error's code closes it. A frame that arrives once the connection is closing is
+        dropped unanswered: the client, reconnecting, sees from the history that it was not taken."""
+        if self.connection.closed:
+            return
+        self.connection.dispatching += 1
         try:
             await self._run(frame)
         except ChatError as error:
@@ -74,6 +78,8 @@ class FrameHandler:
             logger.exception("connection %s: %s failed", self.connection.id, frame.type)
             self.state.metrics.errors.labels(ErrorCode.INTERNAL.value).inc()
             self.connection.send(error_frame(ChatError(ErrorCode.INTERNAL), frame.requestId))
+        finally:
+            self.connection.dispatching -= 1
 
     async def _run(self, frame: ClientFrame) -> None:
         match frame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 
+from chat_common.process import MemoryTrimmer
 from chat_gateway.connection import Connection
 
 
@@ -12,6 +13,7 @@ class ConnectionRegistry:
     def __init__(self) -> None:
         self._by_id: dict[str, Connection] = {}
         self._by_user: dict[str, set[str]] = defaultdict(set)
+        self._trimmer = MemoryTrimmer()
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -25,6 +27,7 @@ class ConnectionRegistry:
 
     def add(self, connection: Connection) -> None:
         self._by_id[connection.id] = connection
+        self._trimmer.note(len(self._by_id))
 
     def bind_user(self, connection: Connection) -> None:
         assert connection.user_id is not None
@@ -35,6 +38,7 @@ class ConnectionRegistry:
 
     def remove(self, connection: Connection) -> None:
         self._by_id.pop(connection.id, None)
+        self._trimmer.note(len(self._by_id))
         if connection.user_id is not None:
             ids = self._by_user.get(connection.user_id)
             if ids is not None:

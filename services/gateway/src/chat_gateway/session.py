@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 
@@ -144,6 +145,10 @@ async def _frame_loop(state: GatewayState, connection: Connection, handler: Fram
         if _ended(state, connection, message):
             return
         connection.touch()
+        wait_s = connection.take_frame(state.settings.ws_max_frames_per_second)
+        if wait_s:
+            _frame_rate_exceeded(state, connection, wait_s)
+            continue
         text = message.get("text")
         if text is None:
             error = Refusal(ErrorCode.INVALID_MESSAGE, "Invalid message: binary frame", reason="binary_frame")
@@ -156,6 +161,30 @@ async def _frame_loop(state: GatewayState, connection: Connection, handler: Fram
             continue
         state.metrics.frames_in.labels(frame.type).inc()
         await handler.dispatch(frame)
+
+
+def _frame_rate_exceeded(state: GatewayState, connection: Connection, wait_s: float) -> None:
+    """Drop the frame. Every dropped frame is counted; the client is told (and the log told) at most
+    once a second, so that a flood does not turn into a flood of answers and log lines."""
+    state.metrics.refusals.labels(ErrorCode.RATE_LIMITED.value, "frame_rate").inc()
+    now = connection.last_activity
+    if now - connection.frame_limit_noticed_at < 1.0:
+        return
+    connection.frame_limit_noticed_at = now
+    logger.info(
+        "connection %s refused: RATE_LIMITED (frame_rate) user=%s address=%s; frames dropped for up to 1 s",
+        connection.id,
+        connection.user_id or "-",
+        connection.client_address,
+    )
+    rate = state.settings.ws_max_frames_per_second
+    error = ChatError(
+        ErrorCode.RATE_LIMITED,
+        f"Rate limit exceeded: at most {rate} frames per second; frames are dropped",
+        retry_after_ms=max(1, math.ceil(wait_s * 1000)),
+    )
+    state.metrics.errors.labels(error.code.value).inc()
+    connection.send(error_frame(error))
 
 
 async def _cleanup(state: GatewayState, connection: Connection) -> None:

@@ -46,10 +46,12 @@ async def amain(settings: Settings, *, sampler: RequestSampler | None = None) ->
     try:
         await worker.start()
         beats = asyncio.create_task(worker.heartbeats())
+        reaper = asyncio.create_task(worker.reap_forever())
         logger.info("worker %s ready (provider %s)", settings.instance_id, settings.provider)
         await stop.wait()
         logger.info("worker %s stopping", settings.instance_id)
         beats.cancel()
+        reaper.cancel()
         await worker.farewell()
         await worker.stop(grace_s=settings.shutdown_grace / 1000)
     finally:

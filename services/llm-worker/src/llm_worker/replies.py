@@ -11,6 +11,7 @@ the sequence number the client saw, under the same lock as live publishes, so no
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aio_pika
@@ -18,6 +19,14 @@ from aio_pika.abc import AbstractExchange
 
 from chat_common.envelopes import ChatRequest, ReplyHeaders, ReplyKind
 from chat_common.frames import encode_frame
+
+CHANNEL_GONE: tuple[type[BaseException], ...] = (
+    aio_pika.exceptions.ChannelInvalidStateError,
+    aio_pika.exceptions.AMQPConnectionError,
+    aio_pika.exceptions.ChannelClosed,
+    ConnectionError,
+)
+RETRY_S = 0.2
 
 
 class ReplyStream:
@@ -46,14 +55,20 @@ class ReplyStream:
             attempt=self._attempt,
             code=code,
         )
-        await self._exchange.publish(
-            aio_pika.Message(
-                frame.encode(), headers=headers.to_amqp(), delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT
-            ),
-            routing_key=self.reply_to,
-            mandatory=False,
-            timeout=self._timeout,
+        message = aio_pika.Message(
+            frame.encode(), headers=headers.to_amqp(), delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT
         )
+        give_up = time.monotonic() + self._timeout
+        while True:
+            try:
+                await self._exchange.publish(message, routing_key=self.reply_to, mandatory=False, timeout=self._timeout)
+                return
+            except CHANNEL_GONE:
+                # the channel is being restored after a reconnect (or the connection just dropped, and
+                # this answer is about to be abandoned): a failed reply must not cost a delivery
+                if time.monotonic() + RETRY_S > give_up:
+                    raise
+                await asyncio.sleep(RETRY_S)
 
     async def _publish(self, kind: ReplyKind, build: Any, code: str | None = None) -> None:
         """Publish the frame ``build(seq)`` with the next sequence number."""

@@ -41,6 +41,9 @@ from llm_worker.tracing import end_process_span, start_process_span
 
 logger = logging.getLogger(__name__)
 
+REAP_MARGIN_S = 15.0
+"""seconds past a request's deadline before a question without an answer counts as lost."""
+
 
 class Worker:
     def __init__(
@@ -146,7 +149,7 @@ class Worker:
             publish_timeout_s=self.settings.publish_timeout / 1000,
         )
         try:
-            if await self._settled_before(request, replies):
+            if await self._settled_before(request, replies, redelivered=message.redelivered or _attempt(message) > 1):
                 await message.ack()
                 return
         except UNAVAILABLE_ERRORS:
@@ -164,7 +167,10 @@ class Worker:
             with contextlib.suppress(Exception):
                 await asyncio.shield(message.nack(requeue=True))
             raise
-        except Exception:
+        except Exception as exc:
+            if not self.connected:  # the broker went away mid-answer: it has the request back already
+                logger.warning("request %s abandoned: broker connection lost (%r)", request.request_id, exc)
+                return
             logger.exception("request %s failed; returned to the queue", request.request_id)
             self.metrics.record("store_error")
             with contextlib.suppress(Exception):
@@ -176,7 +182,7 @@ class Worker:
                 scope.pending_disconnect.cancel()
             self.metrics.in_flight.dec()
 
-    async def _settled_before(self, request: ChatRequest, replies: ReplyStream) -> bool:
+    async def _settled_before(self, request: ChatRequest, replies: ReplyStream, *, redelivered: bool) -> bool:
         """``True`` when there is nothing to generate: the deadline passed while the request was
         queued, or an earlier attempt stored the answer (then it is sent again, whole)."""
         if request.deadline_ms < now_ms():
@@ -187,6 +193,10 @@ class Worker:
             )
             self.metrics.record("expired")
             return True
+        if not redelivered:
+            # request ids are new on every publish: only a redelivery can find its answer stored,
+            # so a first delivery skips the query (a quarter of the worker's database round trips)
+            return False
         stored = await with_store_retry(request, lambda: self.store.get_answer(request.request_id))
         if stored is None:
             return False
@@ -272,6 +282,22 @@ class Worker:
             await asyncio.sleep(1)
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
+
+    # ------------------------------------------------------------------ lost requests
+
+    async def reap_forever(self) -> None:
+        """Now and then, record as ``TIMEOUT`` the questions whose request never reached a worker
+        (the gateway died between storing and publishing) once their deadline is well past."""
+        timeout_s = self.settings.request_timeout / 1000
+        interval = min(max(timeout_s / 2, 5.0), 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                reaped = await self.store.fail_stale_requests(older_than_s=timeout_s + REAP_MARGIN_S)
+            except UNAVAILABLE_ERRORS:
+                continue
+            if reaped:
+                logger.warning("%d questions without a request past their deadline recorded as TIMEOUT", reaped)
 
     # ------------------------------------------------------------------ shutdown
 

@@ -44,7 +44,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, help="messages per minute in all (rate-mode scenarios)")
     parser.add_argument("--mode", choices=["rate", "closed", "idle"], help="override the scenario's mode")
     parser.add_argument("--processes", type=int, default=1, help="generator processes (for many sockets or much load)")
-    parser.add_argument("--connect-concurrency", type=int, default=200, help="handshakes in progress per process")
+    parser.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=200,
+        help="handshakes in progress at once, over all processes (keep it under the gateway's"
+        " WS_MAX_UNAUTHENTICATED_PER_ADDRESS, 256 by default)",
+    )
     parser.add_argument("--answer-timeout", type=float, default=130.0, help="seconds before an answer counts as lost")
     parser.add_argument("--drain", type=float, default=30.0, help="seconds to let answers finish after the load")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after disconnecting before the last RSS")

@@ -7,6 +7,7 @@ before connecting, once everyone has joined, during the load and after everyone 
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import queue
 import sys
@@ -64,6 +65,10 @@ def run_load(
     probe = GatewayProbe(gateway_pid)
     probe.sample("before")
     shares = plan_shares(config)
+    # the handshake budget is for the whole run: the gateway caps sockets that have not joined yet
+    # per client address (WS_MAX_UNAUTHENTICATED_PER_ADDRESS, 256 by default), and every share
+    # connects from the same address
+    config = dataclasses.replace(config, connect_concurrency=max(1, config.connect_concurrency // len(shares)))
     ctx = multiprocessing.get_context("spawn")
     channel, go, release = ctx.Queue(), ctx.Event(), ctx.Event()
     children = [ctx.Process(target=_child, args=(config, s, channel, go, release), daemon=True) for s in shares]

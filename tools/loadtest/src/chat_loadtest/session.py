@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from websockets.exceptions import InvalidHandshake
 
-from chat_client import NO_RECONNECT, AnswerChunk, ChatClient, ChatClientError, ServerError
+from chat_client import NO_RECONNECT, AnswerChunk, AnswerRestarted, ChatClient, ChatClientError, ServerError
 from chat_loadtest.stats import Recorder
 
 _questions = itertools.count()
@@ -129,6 +129,9 @@ class SimConnection:
                 next_seq += 1
                 parts.append(event.delta)
                 rec.chunks += 1
+                continue
+            if isinstance(event, AnswerRestarted):  # a redelivered request: the text starts over
+                next_seq, parts = 1, []
                 continue
             rec.end_ms.append(((answer.ended_at or time.monotonic()) - answer.sent_at) * 1000)
             if in_order and "".join(parts) == event.content and event.finish_reason != "cancelled":
