@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 
 import httpx
 
@@ -23,7 +25,17 @@ async def test_every_service_exposes_its_prometheus_metrics(observed: Observed) 
         async with httpx.AsyncClient(timeout=5) as http:
             gateway_text = (await http.get(observed.gateway.extra["http_url"] + "/metrics")).text
             worker_text = (await http.get(f"http://127.0.0.1:{worker.extra['port']}/metrics")).text
-            monitor_response = await http.get(observed.monitor.extra["http_url"] + "/metrics")
+            # the monitor may have started a moment ago: wait (bounded) until both roles' heartbeats reached it
+            deadline = time.monotonic() + 15
+            while True:
+                monitor_response = await http.get(observed.monitor.extra["http_url"] + "/metrics")
+                live = (
+                    'chat_monitor_live_instances{role="worker"} 1.0',
+                    'chat_monitor_live_instances{role="gateway"} 1.0',
+                )
+                if all(m in monitor_response.text for m in live) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
     assert monitor_response.headers["content-type"].startswith("text/plain")
     monitor_text = monitor_response.text
 
