@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, isolated_cluster
 from tests.support.processes import ServiceProcess
 from tests.support.services import (
     Services,
@@ -63,13 +61,8 @@ def gateway(stack: Cluster) -> ServiceProcess:
 @pytest.fixture
 async def cluster(services: Services, log_dir: Path) -> AsyncIterator[Cluster]:
     """A cluster of the test's own, in its own RabbitMQ vhost, stopped when the test ends."""
-    amqp_url, vhost = await asyncio.to_thread(make_vhost, services.amqp_url)
-    own = Cluster(dataclasses.replace(services, amqp_url=amqp_url, vhost=vhost), log_dir)
-    try:
+    async with isolated_cluster(services, log_dir) as own:
         yield own
-    finally:
-        await own.stop_all()
-        await asyncio.to_thread(drop_vhost, vhost)
 
 
 @pytest.fixture

@@ -5,15 +5,14 @@ window, no JWT leeway, a quick stop."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, isolated_cluster
 from tests.support.processes import ServiceProcess
-from tests.support.services import Services, drop_vhost, make_vhost
+from tests.support.services import Services
 
 GATEWAY_SETTINGS: dict[str, str | int] = {
     "DEV_TOKENS_ENABLED": "true",
@@ -26,17 +25,12 @@ QUICK_STOP: dict[str, str | int] = {"SHUTDOWN_GRACE": 2000, "SHUTDOWN_SPREAD": 2
 
 @pytest.fixture(scope="session")
 async def client_cluster(services: Services, log_dir: Path) -> AsyncIterator[Cluster]:
-    amqp_url, vhost = await asyncio.to_thread(make_vhost, services.amqp_url)
-    cluster = Cluster(dataclasses.replace(services, amqp_url=amqp_url, vhost=vhost), log_dir)
-    try:
+    async with isolated_cluster(services, log_dir) as cluster:
         await cluster.fake_openai()
         await asyncio.gather(
             cluster.worker(CHUNK_COALESCE_MS=20, **QUICK_STOP), cluster.gateway(**GATEWAY_SETTINGS, **QUICK_STOP)
         )
         yield cluster
-    finally:
-        await cluster.stop_all()
-        await asyncio.to_thread(drop_vhost, vhost)
 
 
 @pytest.fixture(scope="session")

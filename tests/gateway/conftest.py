@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 import time
 import uuid
@@ -17,20 +16,15 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.client import ChatClient
-from tests.support.cluster import Cluster
-from tests.support.services import Services, drop_vhost, make_vhost
+from tests.support.cluster import Cluster, isolated_cluster
+from tests.support.services import Services
 
 
 @pytest.fixture(scope="module")
 async def module_cluster(services: Services, log_dir: Path) -> AsyncIterator[Cluster]:
     """Like ``cluster``, but shared by the tests of one module (their own vhost)."""
-    amqp_url, vhost = await asyncio.to_thread(make_vhost, services.amqp_url)
-    own = Cluster(dataclasses.replace(services, amqp_url=amqp_url, vhost=vhost), log_dir)
-    try:
+    async with isolated_cluster(services, log_dir) as own:
         yield own
-    finally:
-        await own.stop_all()
-        await asyncio.to_thread(drop_vhost, vhost)
 
 
 def user(prefix: str) -> str:

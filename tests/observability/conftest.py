@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, isolated_cluster
 from tests.support.receivers import OtlpReceiver
-from tests.support.services import Services, drop_vhost, make_vhost
+from tests.support.services import Services
 
 JAEGER_UI = "http://jaeger.example.test:16686"
 
@@ -33,16 +32,13 @@ class Observed:
 @pytest.fixture(scope="package")
 async def observed(services: Services, log_dir: Path) -> AsyncIterator[Observed]:
     otlp = await OtlpReceiver().start()
-    amqp_url, vhost = await asyncio.to_thread(make_vhost, services.amqp_url)
-    cluster = Cluster(dataclasses.replace(services, amqp_url=amqp_url, vhost=vhost), log_dir)
     tracing = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url, "OTEL_BSP_SCHEDULE_DELAY": "200"}
     try:
-        await cluster.fake_openai(FAKE_OPENAI_TOKENS_PER_SECOND="200", FAKE_OPENAI_FIRST_TOKEN_MS="20")
-        await cluster.gateway(**tracing)
-        await cluster.worker(**tracing)
-        await cluster.monitor(JAEGER_UI_URL=JAEGER_UI)
-        yield Observed(cluster, otlp)
+        async with isolated_cluster(services, log_dir) as cluster:
+            await cluster.fake_openai(FAKE_OPENAI_TOKENS_PER_SECOND="200", FAKE_OPENAI_FIRST_TOKEN_MS="20")
+            await cluster.gateway(**tracing)
+            await cluster.worker(**tracing)
+            await cluster.monitor(JAEGER_UI_URL=JAEGER_UI)
+            yield Observed(cluster, otlp)
     finally:
-        await cluster.stop_all()
-        await asyncio.to_thread(drop_vhost, vhost)
         await otlp.close()

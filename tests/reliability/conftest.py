@@ -7,9 +7,7 @@ that need other queue arguments (a delivery limit, a queue bound) use the per-te
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,21 +15,16 @@ import aio_pika
 import pytest
 
 from chat_common.topology import DEAD_LETTER_QUEUE, DEAD_NOTICE_QUEUE, request_queue_name
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, isolated_cluster
 from tests.support.processes import ServiceProcess
-from tests.support.services import Services, drop_vhost, make_vhost
+from tests.support.services import Services
 
 
 @pytest.fixture(scope="session")
 async def rel_base(services: Services, log_dir: Path) -> AsyncIterator[Cluster]:
-    amqp_url, vhost = await asyncio.to_thread(make_vhost, services.amqp_url)
-    base = Cluster(dataclasses.replace(services, amqp_url=amqp_url, vhost=vhost), log_dir)
-    try:
+    async with isolated_cluster(services, log_dir) as base:
         await base.fake_openai()
         yield base
-    finally:
-        await base.stop_all()
-        await asyncio.to_thread(drop_vhost, vhost)
 
 
 @pytest.fixture

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import os
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 
 from tests.support.client import TEST_SECRET
 from tests.support.processes import ServiceProcess, command, free_port
-from tests.support.services import Services
+from tests.support.services import Services, drop_vhost, make_vhost
 
 
 class Cluster:
@@ -119,3 +123,15 @@ class Cluster:
         for process in reversed(self.processes):
             await process.stop(timeout=10)
         self.processes.clear()
+
+
+@contextlib.asynccontextmanager
+async def isolated_cluster(services: Services, log_dir: Path) -> AsyncIterator[Cluster]:
+    """A cluster in a RabbitMQ vhost of its own: on exit its processes are stopped and the vhost dropped."""
+    amqp_url, vhost = await asyncio.to_thread(make_vhost, services.amqp_url)
+    cluster = Cluster(dataclasses.replace(services, amqp_url=amqp_url, vhost=vhost), log_dir)
+    try:
+        yield cluster
+    finally:
+        await cluster.stop_all()
+        await asyncio.to_thread(drop_vhost, vhost)
