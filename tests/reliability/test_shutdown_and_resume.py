@@ -58,10 +58,12 @@ async def test_gateway_sigterm_drains_and_a_cut_answer_resumes_on_another_gatewa
     assert start is not None
     signalled = time.monotonic()
     leaving.signal(signal.SIGTERM)
+    # watch the idle connections from now on, so each close is timed when it arrives, not when read
+    watchers = [asyncio.create_task(_close_code(c)) for c in idle]
 
     short_answer = await short.collect(timeout=10)  # ends within the grace, before the close
     assert short_answer.end is not None, short_answer.frames
-    closes = await asyncio.gather(*(_close_code(c) for c in idle))
+    closes = await asyncio.gather(*watchers)
     assert {code for code, _ in closes} == {1012}
     moments = sorted(at - signalled for _, at in closes)
     assert moments[-1] < 2000 / 1000 + 1.5
