@@ -112,7 +112,8 @@ async def test_one_message_is_one_trace_across_gateway_and_worker(observed: Obse
         while entry is None and time.monotonic() < deadline:
             metrics = (await http.get(observed.monitor.extra["http_url"] + "/api/websocket/metrics")).json()
             entry = next((t for t in metrics["traces"]["slowest"] if t["traceId"] == root.trace_id), None)
-            if entry is None or "worker.total" not in entry["stages"]:
+            # the gateway and the worker report with their own heartbeats: wait for both sides
+            if entry is None or not {"worker.total", "gateway.total"} <= entry["stages"].keys():
                 entry = None
                 await asyncio.sleep(0.3)
     assert entry is not None
