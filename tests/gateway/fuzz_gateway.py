@@ -32,6 +32,7 @@ from typing import Any
 
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.protocol import State
 
 from tests.support.client import ChatClient, make_token
 
@@ -258,7 +259,14 @@ class Fuzzer:
     async def _send(self, ws: Any, kind: str, payload: Any) -> bool:
         try:
             if isinstance(payload, tuple) and payload[0] == "raw":
-                ws.transport.write(payload[1])
+                # The server may have closed on us (websockets then half-closes the TCP side with
+                # write_eof): a peer that closed first is an outcome of fuzzing, not a harness error.
+                if ws.protocol.state is not State.OPEN or ws.transport.is_closing():
+                    return False
+                try:
+                    ws.transport.write(payload[1])
+                except (RuntimeError, ConnectionError):
+                    return False
                 if self.rng.random() < 0.5:
                     ws.transport.abort()
             elif isinstance(payload, tuple) and payload[0] == "utf8":
