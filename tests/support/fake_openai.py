@@ -5,7 +5,8 @@ Serves ``POST /v1/chat/completions`` (streaming and not) the way the real API do
 whose answer it is. Pacing comes from the environment (``FAKE_OPENAI_FIRST_TOKEN_MS``,
 ``FAKE_OPENAI_TOKENS_PER_SECOND``, ``FAKE_OPENAI_ANSWER_TOKENS``); a user message may steer one
 answer with markers: ``[[fail:500]]`` answers that status, ``[[slow:MS]]`` waits MS between tokens,
-``[[tokens:N]]`` makes the answer N tokens long.
+``[[tokens:N]]`` makes the answer N tokens long, ``[[poison]]`` streams deltas a store refuses (NUL,
+lone surrogates, a surrogate pair split across two chunks; ``POISON_TOKENS``, cleaned ``POISON_CLEAN``).
 
 ``GET /_requests`` lists the request bodies received; ``DELETE /_requests`` clears them.
 ``GET /_streams`` lists the streamed answers: ``question``, tokens ``sent`` of ``total``, ``state``
@@ -40,6 +41,13 @@ TOKENS_PER_SECOND = float(os.environ.get("FAKE_OPENAI_TOKENS_PER_SECOND", "0"))
 ANSWER_TOKENS = int(os.environ.get("FAKE_OPENAI_ANSWER_TOKENS", "20"))
 
 
+# placeholders swapped for JSON escapes after encoding: orjson refuses to encode lone surrogates
+_ESCAPES = {b"@@HI@@": b"\\ud83d", b"@@LO@@": b"\\ude00", b"@@LONE@@": b"\\ud800", b"@@LOW@@": b"\\udc00"}
+POISON_TOKENS = ["Regarding", " nul\x00byte", " lone@@LONE@@x", " low@@LOW@@y", " pair@@HI@@", "@@LO@@end"]
+POISON_CLEAN = "Regarding nulbyte lone\ufffdx low\ufffdy pair\U0001f600end"
+"""what the worker must make of ``POISON_TOKENS``: NUL dropped, lone surrogates U+FFFD, the pair joined."""
+
+
 def _marker(text: str, name: str) -> int | None:
     match = re.search(rf"\[\[{name}:(\d+)\]\]", text)
     return int(match.group(1)) if match else None
@@ -59,7 +67,10 @@ def _chunk(completion_id: str, model: str, delta: dict[str, Any], finish: str | 
         "model": model,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+    encoded = orjson.dumps(body)
+    for placeholder, escape in _ESCAPES.items():
+        encoded = encoded.replace(placeholder, escape)
+    return b"data: " + encoded + b"\n\n"
 
 
 async def completions(request: Request) -> Response:
@@ -73,7 +84,7 @@ async def completions(request: Request) -> Response:
     wanted = _marker(question, "tokens") or ANSWER_TOKENS
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or wanted
     count = min(wanted, int(max_tokens))
-    tokens = _answer_tokens(question, count)
+    tokens = POISON_TOKENS[:count] if "[[poison]]" in question else _answer_tokens(question, count)
     finish = "length" if count < wanted else "stop"
     slow_ms = _marker(question, "slow")
     interval = slow_ms / 1000 if slow_ms is not None else (1 / TOKENS_PER_SECOND if TOKENS_PER_SECOND else 0)

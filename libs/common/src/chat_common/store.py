@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
+import orjson
 
 from chat_common.frames import ChatType, iso_utc
 from chat_common.migrations import apply_migrations
@@ -29,6 +30,16 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 """what PostgreSQL being away looks like (refused, reset, terminated, restarting, pool closing):
 a transient condition the caller reports as ``BUSY`` or retries, never a bug."""
+
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
+    UnicodeError,
+    orjson.JSONEncodeError,
+)
+"""what a value the store or the encoder refuses looks like (PostgreSQL class 22/23: a NUL in text,
+a bad encoding; orjson's and UTF-8's refusals): the same data fails the same way every time, so it is
+a final failure of the request, never a reason to redeliver it."""
 
 CONNECT_TIMEOUT_S = 5.0
 

@@ -21,6 +21,7 @@ from chat_common.broker import now_ms
 from chat_common.envelopes import ChatRequest
 from chat_common.settings import Settings
 from chat_common.store import UNAVAILABLE_ERRORS, ChatStore
+from llm_worker.clean import DeltaCleaner
 from llm_worker.coalesce import Coalescer
 from llm_worker.metrics import WorkerMetrics
 from llm_worker.providers import Delta, Finish, LLMProvider, PromptMessage, UpstreamError
@@ -102,15 +103,21 @@ class Answerer:
         messages = await with_store_retry(request, lambda: self.prompt(request))
         await replies.start()
         coalescer = Coalescer(interval_ms=self.settings.chunk_coalesce_ms, max_chars=self.settings.chunk_coalesce_chars)
+        cleaner = DeltaCleaner()  # NUL and lone surrogates would fail the store and the reply
         parts: list[str] = []
         finish: Finish | None = None
+        first = True
         try:
             async for event in self.provider.stream(messages, max_tokens=request.max_tokens):
                 if isinstance(event, Delta):
-                    if not parts:
+                    if first:
+                        first = False
                         self.metrics.first_token_seconds.observe(time.monotonic() - started)
-                    parts.append(event.text)
-                    ready = coalescer.add(event.text)
+                    text = cleaner.feed(event.text)
+                    if not text:
+                        continue
+                    parts.append(text)
+                    ready = coalescer.add(text)
                     if ready is not None:
                         await replies.chunk(ready)
                         self.metrics.chunks.inc()
@@ -129,6 +136,11 @@ class Answerer:
             await replies.error("UPSTREAM_ERROR", "The language model failed to answer")
             self.metrics.record("upstream_error")
             return "upstream_error"
+        held = cleaner.flush()
+        if held:
+            parts.append(held)
+            if (ready := coalescer.add(held)) is not None:
+                await replies.chunk(ready)
         rest = coalescer.flush()
         if rest is not None:
             await replies.chunk(rest)

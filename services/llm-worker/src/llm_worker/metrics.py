@@ -63,7 +63,7 @@ class WorkerMetrics:
         self.requests.labels(outcome).inc()
         mark_outcome(outcome)
         self.requests_total += 1
-        if outcome in ("upstream_error", "store_error"):
+        if outcome in ("upstream_error", "store_error", "data_error"):
             self.errors_total += 1
         if answer_ms is not None:
             self.answer_seconds.observe(answer_ms / 1000)

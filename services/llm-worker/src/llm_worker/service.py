@@ -33,7 +33,7 @@ from chat_common.errors import DEFAULT_MESSAGES, ErrorCode
 from chat_common.process import rss_bytes
 from chat_common.samples import RequestSampler
 from chat_common.settings import Settings
-from chat_common.store import UNAVAILABLE_ERRORS, ChatStore, StoredAnswer
+from chat_common.store import DATA_ERRORS, UNAVAILABLE_ERRORS, ChatStore, StoredAnswer
 from llm_worker.answer import Answerer, CancelScope, with_store_retry
 from llm_worker.metrics import WorkerMetrics
 from llm_worker.replies import ReplyStream
@@ -167,6 +167,13 @@ class Worker:
             with contextlib.suppress(Exception):
                 await asyncio.shield(message.nack(requeue=True))
             raise
+        except DATA_ERRORS as exc:
+            # the same data would fail the same way on every delivery: a final failure, not a redelivery
+            logger.error("request %s failed on data the store or encoder refused: %r", request.request_id, exc)
+            self.metrics.record("data_error")
+            await self._fail_final(request, replies)
+            with contextlib.suppress(Exception):
+                await message.ack()
         except Exception as exc:
             if not self.connected:  # the broker went away mid-answer: it has the request back already
                 logger.warning("request %s abandoned: broker connection lost (%r)", request.request_id, exc)
@@ -181,6 +188,16 @@ class Worker:
             if scope.pending_disconnect is not None:
                 scope.pending_disconnect.cancel()
             self.metrics.in_flight.dec()
+
+    async def _fail_final(self, request: ChatRequest, replies: ReplyStream) -> None:
+        """Record the request as failed (``INTERNAL``) and tell the client; best effort, never raises."""
+        with contextlib.suppress(Exception):
+            await with_store_retry(
+                request,
+                lambda: self.store.mark_request(request.request_id, "failed", error_code="INTERNAL", only_open=True),
+            )
+        with contextlib.suppress(Exception):
+            await replies.error(ErrorCode.INTERNAL.value, "The request could not be completed")
 
     async def _settled_before(self, request: ChatRequest, replies: ReplyStream, *, redelivered: bool) -> bool:
         """``True`` when there is nothing to generate: the deadline passed while the request was

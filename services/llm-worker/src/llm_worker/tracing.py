@@ -27,7 +27,12 @@ from chat_common.telemetry import extract_context
 
 tracer = trace.get_tracer("llm_worker")
 
-ERROR_OUTCOMES = {"upstream_error": "UPSTREAM_ERROR", "store_error": "INTERNAL", "expired": "TIMEOUT"}
+ERROR_OUTCOMES = {
+    "upstream_error": "UPSTREAM_ERROR",
+    "store_error": "INTERNAL",
+    "data_error": "INTERNAL",
+    "expired": "TIMEOUT",
+}
 
 
 def start_process_span(message: AbstractIncomingMessage) -> tuple[Span, contextvars.Context]:
