@@ -24,9 +24,11 @@ async def test_nul_and_lone_surrogates_from_the_model_are_cleaned_answer_stored_
     async with client:
         answer = await client.ask(f"[[poison]] {marker}")
     assert answer.error is None, answer.frames
-    assert answer.start is not None and "attempt" not in answer.start, answer.frames
+    assert answer.start is not None, answer.frames
+    assert "attempt" not in answer.start, answer.frames
     assert [f["type"] for f in answer.frames].count("response_start") == 1, answer.frames
-    assert answer.end is not None and answer.end["content"] == POISON_CLEAN
+    assert answer.end is not None, answer.frames
+    assert answer.end["content"] == POISON_CLEAN
     assert answer.text == POISON_CLEAN
     assert len(await stream_of(fake, marker)) == 1  # the model was called once
     assert answer.accepted is not None
@@ -60,9 +62,11 @@ async def test_answer_the_store_refuses_is_a_final_failure_not_a_redelivery(
             # the connection still works, and the next answer is the next message's, not a redelivery
             after = await client.ask("and this one")
         assert after.end is not None, after.frames
-        assert after.start is not None and "attempt" not in after.start
+        assert after.start is not None, after.frames
+        assert "attempt" not in after.start
         assert len(await stream_of(fake, marker)) == 1  # one model call, no redelivery
-        assert answer.accepted is not None and after.accepted is not None
+        assert answer.accepted is not None
+        assert after.accepted is not None
         outcome = await assert_ledger(db, [chat_id], {answer.accepted["messageId"], after.accepted["messageId"]})
         assert outcome[answer.accepted["messageId"]] == ("failed", "INTERNAL", None)
     finally:
