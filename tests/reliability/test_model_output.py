@@ -72,3 +72,30 @@ async def test_answer_the_store_refuses_is_a_final_failure_not_a_redelivery(
     finally:
         await db.execute(f"DROP TRIGGER IF EXISTS {function} ON messages")
         await db.execute(f"DROP FUNCTION IF EXISTS {function}()")
+
+
+async def test_history_sent_to_the_model_is_trimmed_to_the_token_budget(rel: Cluster) -> None:
+    budget = 600
+    gateway, _worker = await asyncio.gather(rel.gateway(), rel.worker(HISTORY_TOKEN_BUDGET=budget))
+    marker = uuid.uuid4().hex[:8]
+    questions = [f"q{i}-{marker} " + " ".join(["договор"] * 25) for i in range(4)]  # ~420 UTF-8 bytes each
+    client, _chat_id = await joined(gateway.extra["ws_url"], make_token("rel-budget"))
+    async with client:
+        for question in questions:
+            answer = await client.ask(question)
+            assert answer.end is not None, answer.frames
+    last = [
+        body
+        for body in await rel.openai_requests()
+        if questions[-1] in str(body["messages"][-1]["content"])  # type: ignore[index]
+    ]
+    assert len(last) == 1
+    messages: list[dict[str, str]] = last[0]["messages"]  # type: ignore[assignment]
+    assert messages[0]["role"] == "system"
+    context = messages[1:]
+    assert context[-1] == {"role": "user", "content": questions[-1]}  # the question, whole
+    # every kept message is whole, and the estimate (>= bytes / 3) of all of them is within the budget
+    sent = [m["content"] for m in context]
+    assert sum(len(text.encode()) for text in sent) <= 3 * budget
+    assert not any(questions[0] == text for text in sent)  # the oldest had to go
+    assert len(context) >= 3  # ...but not more than needed: the previous exchange is there

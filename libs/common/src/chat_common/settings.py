@@ -119,7 +119,10 @@ class Settings(BaseSettings):
     shutdown_spread: Annotated[int, Field(ge=0)] = 3_000
     """ms over which a stopping gateway spreads the 1012 closes of its idle connections."""
     history_limit: PositiveInt = 50
-    """messages returned in ``history`` and sent to the model as context."""
+    """messages returned in ``history`` and, at most, sent to the model as context."""
+    history_token_budget: Annotated[int, Field(ge=100)] = 8_000
+    """estimated tokens of the history sent to the model (the newest messages, kept whole; the question
+    always): a bound on prompt cost and on chats outgrowing the model's context window."""
     chunk_coalesce_ms: Annotated[int, Field(ge=0)] = 50
     chunk_coalesce_chars: PositiveInt = 256
 

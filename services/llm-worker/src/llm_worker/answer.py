@@ -21,6 +21,7 @@ from chat_common.broker import now_ms
 from chat_common.envelopes import ChatRequest
 from chat_common.settings import Settings
 from chat_common.store import UNAVAILABLE_ERRORS, ChatStore
+from llm_worker.budget import trim_to_budget
 from llm_worker.clean import DeltaCleaner
 from llm_worker.coalesce import Coalescer
 from llm_worker.metrics import WorkerMetrics
@@ -94,9 +95,11 @@ class Answerer:
         history = await self.store.history(
             request.chat_id, limit=self.settings.history_limit, up_to_message=request.user_message_id
         )
-        messages = [PromptMessage("system", self.prompts[request.chat_type])]
-        messages.extend(PromptMessage(m.role, m.content) for m in history if m.content and m.status != "failed")
-        return messages
+        context = [PromptMessage(m.role, m.content) for m in history if m.content and m.status != "failed"]
+        return [
+            PromptMessage("system", self.prompts[request.chat_type]),
+            *trim_to_budget(context, self.settings.history_token_budget),
+        ]
 
     async def answer(self, request: ChatRequest, replies: ReplyStream, scope: CancelScope) -> Outcome:
         started = time.monotonic()
