@@ -3,7 +3,7 @@
 No tokenizer that works offline is available here: ``tiktoken`` downloads its BPE files on first use
 (network at run time), and the other packages that ship them are unvetted. So tokens are estimated,
 conservatively, from UTF-8 bytes: OpenAI's byte-level BPEs (cl100k, o200k) average about 4 bytes per
-token on English and 3–5 on Russian, so ``bytes / 3`` overestimates ordinary prose by a third;
+token on English and 3 to 5 on Russian, so ``bytes / 3`` overestimates ordinary prose by a third;
 only adversarial text (one-byte tokens) can beat it, by at most 3x, which a default budget far
 below the model's context window absorbs. ``MESSAGE_OVERHEAD_TOKENS`` covers each message's
 role and separators in the chat format.
