@@ -8,6 +8,8 @@ bash scripts/bootstrap.sh
 bash scripts/services.sh
 
 export JWT_SECRET="${JWT_SECRET:-dev-secret-change-me-in-production-0123456789}"
+# a local trial: the gateway accepts the published development JWT_SECRET only in development
+export ENVIRONMENT="${ENVIRONMENT:-development}"
 # local trials only: the chat page signs in with tokens from POST /api/dev/token (off by default)
 export DEV_TOKENS_ENABLED="${DEV_TOKENS_ENABLED:-true}"
 WORKERS="${WORKERS:-1}"

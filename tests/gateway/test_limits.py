@@ -156,6 +156,8 @@ async def test_first_frame_must_be_join_chat(url: str) -> None:
         pytest.param(jwt.encode({"sub": "none", "exp": int(time.time()) + 600}, None, algorithm="none"), id="alg-none"),
         pytest.param(make_token("early", nbf=int(time.time()) + 600), id="not-yet-valid"),
         pytest.param("not.a.jwt", id="malformed"),
+        pytest.param(make_token("nul\x00user"), id="sub-with-nul"),
+        pytest.param(make_token("alice\n2026-01-01 INFO forged log line"), id="sub-with-line-break"),
     ],
 )
 async def test_bad_tokens_are_refused(url: str, token: str) -> None:

@@ -71,6 +71,16 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_leeway: Annotated[int, Field(ge=0)] = 5
     """seconds of clock skew tolerated on ``exp`` and ``nbf``."""
+    jwt_jwks_url: str | None = None
+    """the identity provider's JWKS: RS*/ES*/PS*/EdDSA tokens are checked with the key their ``kid`` names."""
+    jwt_jwks_cache_ttl: Annotated[int, Field(ge=1_000)] = 300_000
+    """ms the key set is kept before it is fetched again."""
+    jwt_jwks_refresh_interval: Annotated[int, Field(ge=0)] = 10_000
+    """ms at least between two fetches caused by an unknown ``kid`` (a key rotation)."""
+    jwt_jwks_timeout: PositiveInt = 5_000
+    """ms one JWKS fetch may take."""
+    environment: Literal["development", "production"] = "production"
+    """``development`` allows the published development ``JWT_SECRET`` and short secrets (run.sh, compose)."""
 
     # --- the browser chat page and development tokens ---
     chat_page_enabled: bool = True

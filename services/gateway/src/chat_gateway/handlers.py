@@ -114,7 +114,7 @@ class FrameHandler:
 
     async def authenticate(self, frame: JoinChat) -> None:
         """Verify the token and take a user slot; raises ``ChatError`` that closes the connection."""
-        identity = self.state.verifier.verify(frame.data.token)
+        identity = await self.state.verifier.verify(frame.data.token)
         settings = self.state.settings
         if not await self.state.admission.acquire_connection(
             identity.user_id, self.connection.id, settings.ws_max_connections_per_user
@@ -126,14 +126,14 @@ class FrameHandler:
         self._arm_expiry(identity)
 
     async def refresh_token(self, frame: RefreshToken) -> None:
-        identity = self._same_user(frame.data.token)
+        identity = await self._same_user(frame.data.token)
         self._arm_expiry(identity)
         self.connection.send(
             encode_frame("token_refreshed", {"expiresAt": int(identity.expires_at * 1000)}, frame.requestId)
         )
 
-    def _same_user(self, token: str) -> Identity:
-        identity = self.state.verifier.verify(token)
+    async def _same_user(self, token: str) -> Identity:
+        identity = await self.state.verifier.verify(token)
         if identity.user_id != self.connection.user_id:
             raise Refusal(ErrorCode.UNAUTHORIZED, "Unauthorized: token is for another user", reason="other_user")
         return identity
@@ -170,7 +170,7 @@ class FrameHandler:
     async def join_chat(self, frame: JoinChat) -> None:
         # Every join_chat carries a token: on an authenticated connection it must be the same user's,
         # and a fresh one extends the connection like refresh_token (verifying again is a cache hit).
-        self._arm_expiry(self._same_user(frame.data.token))
+        self._arm_expiry(await self._same_user(frame.data.token))
         if frame.data.chatId is None:
             chat = await self.state.store.create_chat(self._user(), frame.data.chatType)
         else:
