@@ -1,13 +1,11 @@
 """Container health check without curl: ``python /app/healthcheck.py gateway|worker|monitor``.
 
-Exit 0 when the service answers as healthy, 1 otherwise. It reads the same environment variables as
-the service (``GATEWAY_PORT``, ``WORKER_METRICS_PORT``, ``MONITOR_PORT``, ``HOST``), so a port moved
-by configuration moves the check with it.
-
-- gateway: ``GET /api/websocket/health`` must answer 200 (503 means critical, e.g. RabbitMQ lost).
-- worker: ``GET /health`` must answer 200 (503 while it is not connected to RabbitMQ).
-- monitor: ``GET /api/websocket/health`` must answer the health document, 200 or 503: a 503 there
-  reports the *cluster* as critical, not the monitor process, which is alive and serving.
+Exit 0 when the service answers ``GET /readyz`` with 200: it can take work now (gateway: connected
+to RabbitMQ, not draining, below capacity; worker: connected, not stopping; monitor: connected). It
+reads the same environment variables as the service (``GATEWAY_PORT``, ``WORKER_METRICS_PORT``,
+``MONITOR_PORT``, ``HOST`` for the gateway, ``INTERNAL_HOST`` for the others), so a port moved by
+configuration moves the check with it. The model's failures and the cluster's health are not part of
+it: they are in ``/api/websocket/health``, for humans and alerts.
 """
 
 from __future__ import annotations
@@ -24,17 +22,21 @@ TIMEOUT_S = 3.0
 
 def target(role: str, settings: Settings) -> tuple[str, frozenset[int]]:
     """The URL to probe for ``role`` and the HTTP statuses that count as healthy."""
-    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+
+    def local(host: str) -> str:
+        return host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+
     if role == "gateway":
-        return f"http://{host}:{settings.gateway_port}/api/websocket/health", frozenset({200})
+        return f"http://{local(settings.host)}:{settings.gateway_port}/readyz", frozenset({200})
     if role == "worker":
-        return f"http://{host}:{settings.worker_metrics_port}/health", frozenset({200})
+        return f"http://{local(settings.internal_host)}:{settings.worker_metrics_port}/readyz", frozenset({200})
     if role == "monitor":
-        return f"http://{host}:{settings.monitor_port}/api/websocket/health", frozenset({200, 503})
+        return f"http://{local(settings.internal_host)}:{settings.monitor_port}/readyz", frozenset({200})
     raise ValueError(f"unknown role {role!r}: expected gateway, worker or monitor")
 
 
-def probe(url: str, healthy: frozenset[int]) -> tuple[bool, str]:
+def probe(url: str, healthy: frozenset[int], role: str) -> tuple[bool, str]:
+    """Whether ``url`` answers a readiness document of ``role`` with a healthy status."""
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310 - fixed http URL
             status, body = response.status, response.read()
@@ -45,8 +47,8 @@ def probe(url: str, healthy: frozenset[int]) -> tuple[bool, str]:
     try:
         document = json.loads(body)
     except ValueError:
-        return False, f"{url}: HTTP {status}, not a JSON health document"
-    ok = status in healthy and isinstance(document, dict) and "status" in document
+        return False, f"{url}: HTTP {status}, not a JSON readiness document"
+    ok = status in healthy and isinstance(document, dict) and document.get("role") == role
     return ok, f"{url}: HTTP {status} {document.get('status') if isinstance(document, dict) else ''}"
 
 
@@ -59,7 +61,7 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 1
-    ok, detail = probe(url, healthy)
+    ok, detail = probe(url, healthy, argv[1])
     print(detail)
     return 0 if ok else 1
 

@@ -71,7 +71,7 @@ async def test_checks_fail_when_nothing_answers(role: str) -> None:
 
 
 async def test_a_gateway_port_is_not_a_worker(stack: Cluster) -> None:
-    """The worker check wants the worker's /health: the gateway answers 404 there, which fails."""
+    """The worker check wants the worker's /readyz: the gateway's says it is a gateway, which fails."""
     gateway = next(p for p in stack.processes if p.name == "gateway")
     result = await healthcheck("worker", WORKER_METRICS_PORT=gateway.extra["port"])
     assert result.returncode == 1, result.stdout

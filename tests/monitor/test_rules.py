@@ -123,6 +123,24 @@ def test_monitor_rules_set_the_status() -> None:
     assert "broker" in [i.key for i in cluster_health(cluster, unknown, thresholds, now=now).found]
 
 
+def test_error_rate_rule_ignores_a_window_with_fewer_than_the_minimum_requests() -> None:
+    thresholds = HealthThresholds(error_rate_min_requests=5)
+    cluster = ClusterView(silence_s=15, window_s=60)
+    now = time.monotonic()
+    cluster.observe(beat("wk", "worker"), now=now)
+    # one request, one failure: 100 % of a window that says nothing yet
+    young = int(time.time() * 1000) - 5_000  # started inside the window: its counters count from zero
+    cluster.observe(beat("gw", started_ms=young, requests_total=1, errors_total=1), now=now)
+    report = cluster_health(cluster, known_queues(), thresholds, now=now)
+    assert report.error_rate == 1.0
+    assert not [i.key for i in report.found if i.key.startswith("error_rate")]
+    assert report.status == "healthy"
+    # at the minimum the rule applies
+    cluster.observe(beat("gw", started_ms=young, requests_total=5, errors_total=2), now=now + 1)
+    report = cluster_health(cluster, known_queues(), thresholds, now=now + 1)
+    assert [i.key for i in report.found] == ["error_rate.critical"]
+
+
 def test_alert_fires_once_and_resolves_once_after_the_clear_delay() -> None:
     sent: list[dict[str, Any]] = []
     alerts = AlertManager(clear_delay_s=5, notify=sent.append)

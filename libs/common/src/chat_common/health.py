@@ -11,6 +11,8 @@ rule                        condition                                   status
 ``response_time``           p95 answer time > HEALTH_RESPONSE_P95_WARNING warning
 ``error_rate``              errors / requests > HEALTH_ERROR_RATE_WARNING warning
                             ≥ HEALTH_ERROR_RATE_CRITICAL                critical
+                            (only with HEALTH_ERROR_RATE_MIN_REQUESTS
+                            requests or more in the window)
 (monitor only, see chat_monitor.rules: live workers, gateways, backlog, memory, silent instances)
 ==========================  ==========================================  ===========
 
@@ -38,6 +40,8 @@ class HealthThresholds:
     response_p95_ms_warning: float = 3000.0
     error_rate_warning: float = 0.05
     error_rate_critical: float = 0.25
+    error_rate_min_requests: int = 20
+    """requests the window must hold before its error rate counts: one failure on a quiet gateway is not 100 %."""
     queue_warning: int = 100
     backlog_growth_window_s: float = 30.0
     memory_warning_bytes: int = 1024 * 1024 * 1024
@@ -50,6 +54,7 @@ class HealthThresholds:
             response_p95_ms_warning=float(settings.health_response_p95_warning),
             error_rate_warning=settings.health_error_rate_warning,
             error_rate_critical=settings.health_error_rate_critical,
+            error_rate_min_requests=settings.health_error_rate_min_requests,
             queue_warning=settings.health_queue_warning,
             backlog_growth_window_s=settings.health_backlog_growth_window / 1000,
             memory_warning_bytes=settings.health_memory_warning_mb * 1024 * 1024,
@@ -73,6 +78,8 @@ class HealthReport:
     error_rate: float
     uptime_ms: int
     p95_response_ms: float = 0.0
+    window_requests: int | None = None
+    """requests behind ``error_rate``; ``None`` when unknown (then the rate counts whatever it is)."""
     status: Status = "healthy"
     found: list[Issue] = field(default_factory=list)
 
@@ -100,6 +107,8 @@ class HealthReport:
                 f"p95 response time {self.p95_response_ms:.0f} ms is over {thresholds.response_p95_ms_warning:.0f} ms",
                 key="response_time",
             )
+        if self.window_requests is not None and self.window_requests < thresholds.error_rate_min_requests:
+            return self  # too few requests for a rate to mean anything
         if self.error_rate >= thresholds.error_rate_critical:
             self.flag("critical", f"error rate {self.error_rate:.1%}", key="error_rate.critical")
         elif self.error_rate > thresholds.error_rate_warning:

@@ -108,6 +108,10 @@ class Settings(BaseSettings):
 
     # --- processes and ports ---
     host: str = "0.0.0.0"
+    """the gateway's listen address (clients connect to it)."""
+    internal_host: str = "127.0.0.1"
+    """listen address of the internal HTTP endpoints (monitor API and dashboard, worker ``/metrics``,
+    ``/health``, ``/readyz``): no authentication there, so loopback unless a private network needs them."""
     gateway_port: Annotated[int, Field(ge=0, le=65535)] = 3000
     monitor_port: Annotated[int, Field(ge=0, le=65535)] = 3100
     worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 3200
@@ -156,6 +160,9 @@ class Settings(BaseSettings):
     """ms; warning when the p95 answer time (request to ``response_end``) is above it."""
     health_error_rate_warning: Annotated[float, Field(ge=0, le=1)] = 0.05
     health_error_rate_critical: Annotated[float, Field(ge=0, le=1)] = 0.25
+    health_error_rate_min_requests: Annotated[int, Field(ge=1)] = 20
+    """requests the window must hold before the error-rate rules apply (one failure of one request
+    on a quiet gateway would otherwise be a 100 % error rate)."""
     health_queue_warning: PositiveInt = 100
     """requests waiting in the request queues; warning above it, critical above it while still growing."""
     health_backlog_growth_window: PositiveInt = 30_000

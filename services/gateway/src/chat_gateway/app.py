@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from chat_common.broker import now_ms, publish_farewell, publish_heartbeats
 from chat_common.envelopes import Heartbeat
 from chat_common.health import HealthReport, HealthThresholds
+from chat_common.http_policy import RequestLimits, SecurityHeaders
 from chat_common.process import rss_bytes
 from chat_common.samples import RequestSampler
 from chat_common.settings import Settings
@@ -112,15 +113,31 @@ def create_app(settings: Settings, *, sampler: RequestSampler | None = None) -> 
         report = health_report(app.state.gateway)
         return JSONResponse(report.to_json(), status_code=report.http_status)
 
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """200 when this process can take connections now; what the balancer and probes ask."""
+        reasons = not_ready(app.state.gateway)
+        return JSONResponse(
+            {"status": "not_ready" if reasons else "ready", "role": "gateway", "reasons": reasons},
+            status_code=503 if reasons else 200,
+        )
+
+    @app.get("/livez")
+    async def livez() -> JSONResponse:
+        """200 whenever the event loop answers: a restart would not help with anything else."""
+        return JSONResponse({"status": "alive", "role": "gateway"})
+
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(app.state.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     mount_chat_page(app, settings)
+    app.add_middleware(SecurityHeaders, websocket=True)
+    app.add_middleware(RequestLimits)
     return app
 
 
-_POLLED_PATHS = frozenset({"/api/websocket/health", "/metrics"})
+_POLLED_PATHS = frozenset({"/api/websocket/health", "/metrics", "/readyz", "/livez"})
 
 
 def _untraced(scope: MutableMapping[str, Any]) -> bool:
@@ -130,6 +147,23 @@ def _untraced(scope: MutableMapping[str, Any]) -> bool:
 def _telemetry(broker: GatewayBroker):  # type: ignore[no-untyped-def]
     assert broker.telemetry is not None
     return broker.telemetry
+
+
+def not_ready(state: GatewayState) -> list[str]:
+    """Why this process cannot take new connections now (empty: ready).
+
+    Only what this process can fix by itself counts: the broker connection, a drain, a full process.
+    The model's failures do not (every gateway would leave the balancer at once for a provider
+    outage), nor the cluster's health: those are in ``/api/websocket/health`` for humans and alerts.
+    """
+    reasons = []
+    if not state.broker.connected:
+        reasons.append("not connected to RabbitMQ")
+    if not state.accepting:
+        reasons.append("shutting down")
+    if len(state.registry) >= state.settings.ws_max_connections:
+        reasons.append("at capacity")
+    return reasons
 
 
 def health_report(state: GatewayState) -> HealthReport:
@@ -143,6 +177,7 @@ def health_report(state: GatewayState) -> HealthReport:
         error_rate=figures.error_rate,
         uptime_ms=int((time.time() - state.started) * 1000),
         p95_response_ms=figures.p95_response_ms,
+        window_requests=figures.requests,
     ).check(capacity=state.settings.ws_max_connections, thresholds=thresholds)
     if not state.broker.connected:
         report.flag("critical", "not connected to RabbitMQ", key="broker")

@@ -42,7 +42,15 @@ async def amain(settings: Settings, *, sampler: RequestSampler | None = None) ->
             "inFlight": len(worker._active),
         }
 
-    server = await serve_http(settings.host, settings.worker_metrics_port, metrics.registry, health)
+    def not_ready() -> list[str]:
+        reasons = []
+        if not worker.connected:
+            reasons.append("not connected to RabbitMQ")
+        if worker.stopping:
+            reasons.append("shutting down")
+        return reasons
+
+    server = await serve_http(settings.internal_host, settings.worker_metrics_port, metrics.registry, health, not_ready)
     try:
         await worker.start()
         beats = asyncio.create_task(worker.heartbeats())

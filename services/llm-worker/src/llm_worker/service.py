@@ -61,6 +61,8 @@ class Worker:
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self._active: dict[str, CancelScope] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+        """set by ``stop``: no new requests are taken."""
 
     @property
     def connected(self) -> bool:
@@ -320,6 +322,7 @@ class Worker:
 
     async def stop(self, *, grace_s: float) -> None:
         """Stop consuming, let in-flight answers finish within ``grace_s``, requeue the rest."""
+        self.stopping = True
         for queue, tag in self._consumers:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)

@@ -16,7 +16,7 @@ def main() -> None:
     setup_tracing(settings, service="chat-monitor")
     uvicorn.run(
         create_app(settings),
-        host=settings.host,
+        host=settings.internal_host,
         port=settings.monitor_port,
         loop="uvloop",
         log_config=None,

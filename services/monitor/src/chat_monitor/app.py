@@ -27,6 +27,7 @@ from chat_common import topology
 from chat_common.broker import connect
 from chat_common.envelopes import Heartbeat
 from chat_common.health import HealthReport, HealthThresholds
+from chat_common.http_policy import RequestLimits, SecurityHeaders
 from chat_common.settings import Settings
 from chat_monitor.alerts import AlertManager, WebhookNotifier
 from chat_monitor.cluster import ClusterView
@@ -160,6 +161,20 @@ def create_app(settings: Settings) -> FastAPI:
         report = state.health()
         return JSONResponse(report.to_json(), status_code=report.http_status)
 
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """200 when the monitor hears the cluster (connected to RabbitMQ); the cluster's own health
+        is ``/api/websocket/health``."""
+        if state.connected:
+            return JSONResponse({"status": "ready", "role": "monitor", "reasons": []})
+        return JSONResponse(
+            {"status": "not_ready", "role": "monitor", "reasons": ["not connected to RabbitMQ"]}, status_code=503
+        )
+
+    @app.get("/livez")
+    async def livez() -> JSONResponse:
+        return JSONResponse({"status": "alive", "role": "monitor"})
+
     @app.get("/api/websocket/metrics")
     async def metrics() -> dict[str, Any]:
         return state.document()
@@ -185,4 +200,6 @@ def create_app(settings: Settings) -> FastAPI:
     async def root() -> RedirectResponse:
         return RedirectResponse("/dashboard")
 
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestLimits)
     return app

@@ -34,6 +34,7 @@ def cluster_health(
         error_rate=figures.error_rate,
         uptime_ms=int((time.time() - cluster.started) * 1000),
         p95_response_ms=figures.percentiles()["p95"],
+        window_requests=figures.requests,
     ).check(capacity=sum(g.max_connections for g in gateways), thresholds=thresholds)
     if not gateways:
         report.flag("critical", "no live gateways", key="no_gateways")
