@@ -41,9 +41,16 @@ async def test_dashboard_shows_live_figures_that_change_under_load(observed: Obs
             page = await browser.new_page(viewport={"width": 1400, "height": 1500})
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
+            # the dashboard works under its own Content-Security-Policy: the browser reports no violation
+            page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
             requests: list[str] = []
             page.on("request", lambda request: requests.append(request.url))
-            await page.goto(url)
+            response = await page.goto(url)
+            assert response is not None
+            policy = response.headers["content-security-policy"]
+            assert "frame-ancestors 'none'" in policy, policy
+            assert "unsafe-inline" not in policy, policy
+            assert response.headers["x-content-type-options"] == "nosniff"
 
             # the figures and the charts appear (uPlot draws one canvas per chart)
             await wait_for(page, "document.querySelector('[data-figure=instances]').textContent.trim() === '1 / 1'")
