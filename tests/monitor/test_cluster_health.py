@@ -166,6 +166,7 @@ async def test_thresholds_move_the_status_as_documented(cluster: Cluster) -> Non
         "HEALTH_CAPACITY_CRITICAL": "0.75",
         "HEALTH_ERROR_RATE_WARNING": "0.2",
         "HEALTH_ERROR_RATE_CRITICAL": "0.6",
+        "HEALTH_ERROR_RATE_MIN_REQUESTS": "3",  # the rates below are of 3 and 5 requests
     }
     await cluster.fake_openai()
     gateway = await cluster.gateway(WS_MAX_CONNECTIONS=4, **thresholds)
