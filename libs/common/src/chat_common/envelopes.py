@@ -45,7 +45,8 @@ class ControlMessage(BaseModel):
     ``cancel``: stop the answer for ``request_id``, or every answer streaming to ``connection_id``.
     ``disconnected`` is not acted on at once: the worker waits ``RESUME_GRACE`` for a ``resume``.
     ``resume``: the worker holding the answer ``message_id`` of ``user_id`` sends it from now on to
-    ``connection_id`` on the gateway ``reply_to``, replaying the chunks after ``last_seq`` first.
+    ``connection_id`` on the gateway ``reply_to``, replaying the chunks after ``last_seq`` (of the
+    delivery ``attempt`` the client saw) first.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -58,6 +59,7 @@ class ControlMessage(BaseModel):
     user_id: str | None = None
     reply_to: str | None = None
     last_seq: int = -1
+    attempt: int = 1
 
 
 class ReplyHeaders(BaseModel):

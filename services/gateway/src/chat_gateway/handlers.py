@@ -178,9 +178,9 @@ class FrameHandler:
         history = await self._enter(chat, "chat_joined", frame.requestId, with_user=True)
         wanted = frame.data.messageId
         if wanted is not None and frame.data.chatId is not None and all(m.id != wanted for m in history):
-            await self.resume(wanted, frame.data.lastSeq)
+            await self.resume(wanted, frame.data.lastSeq, attempt=frame.data.attempt or 1)
 
-    async def resume(self, message_id: str, last_seq: int | None) -> None:
+    async def resume(self, message_id: str, last_seq: int | None, *, attempt: int = 1) -> None:
         """Ask the worker streaming answer ``message_id`` to continue it on this connection, after
         ``last_seq``; an answer already stored is in the history the client just received."""
         connection = self.connection
@@ -204,6 +204,7 @@ class FrameHandler:
                 connection_id=connection.id,
                 reply_to=self.state.settings.instance_id,
                 last_seq=-1 if last_seq is None else last_seq,
+                attempt=attempt,
             )
         )
 
