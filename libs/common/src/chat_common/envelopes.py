@@ -134,6 +134,9 @@ class Heartbeat(BaseModel):
     started_ms: int
     connections: int = 0
     users: int = 0
+    cluster_users: int | None = None
+    """gateway with ``REDIS_URL``: distinct users with a live connection slot on any gateway, counted
+    in Redis (exact as of the gateway's last slot refresh); ``None`` without Redis or while it is away."""
     max_connections: int = 0
     in_flight: int = 0
     concurrency: int = 0
