@@ -133,8 +133,10 @@ USERS_KEY = "chat:users"
 distinct users (one key, so each script touches one key and Redis Cluster can hold these too)."""
 
 
-def _rate_key(user_id: str) -> str:
-    return f"chat:rate:{{{user_id}}}"
+def _rate_key(user_id: str, bucket: str = "messages") -> str:
+    if bucket == "messages":
+        return f"chat:rate:{{{user_id}}}"  # the name it had before there were other buckets
+    return f"chat:rate:{bucket}:{{{user_id}}}"
 
 
 class RedisAdmission:
@@ -261,16 +263,17 @@ class RedisAdmission:
         except (RedisError, OSError) as exc:
             self._failed("release", exc)  # the slot expires by itself within the TTL
 
-    async def hit_rate(self, user_id: str, limit: int, window_ms: int) -> int | None:
+    async def hit_rate(self, user_id: str, limit: int, window_ms: int, *, bucket: str = "messages") -> int | None:
         if self._usable():
             try:
-                wait = int(await self._hit(keys=[_rate_key(user_id)], args=[limit, window_ms, uuid.uuid4().hex]))
+                key = _rate_key(user_id, bucket)
+                wait = int(await self._hit(keys=[key], args=[limit, window_ms, uuid.uuid4().hex]))
             except (RedisError, OSError) as exc:
                 self._failed("rate limit", exc)
             else:
                 self._recovered()
                 return None if wait < 0 else wait
-        return await self._local.hit_rate(user_id, limit, window_ms)
+        return await self._local.hit_rate(user_id, limit, window_ms, bucket=bucket)
 
     async def refresh(self, held: Iterable[tuple[str, str]]) -> None:
         """Extend the given slots (connection id, user id) to a full TTL from now, and count the
