@@ -56,6 +56,7 @@ from tests.support.proxy import TcpProxy  # noqa: E402
 from tests.support.redis_server import PrivateRedis  # noqa: E402
 from tests.support.resilient import Outcome, ResilientClient  # noqa: E402
 from tests.support.services import Services, drop_database, drop_vhost, make_database, make_vhost  # noqa: E402
+from websockets.protocol import State  # noqa: E402
 
 log = logging.getLogger("chaos")
 
@@ -323,13 +324,12 @@ async def verdict(stage: Stage, clients: list[ResilientClient], outcomes: list[O
 async def redis_figures(stage: Stage, clients: list[ResilientClient]) -> dict[str, Any]:
     """After the run: does Redis hold one slot per connected client, and has every warning cleared?"""
     client = redis.Redis.from_url(stage.redis.url)
+    connected = [c for c in clients if c.ws is not None and c.ws.state is State.OPEN]
     try:
-        wrong = 0
-        for chat_client in clients:
-            if chat_client.ws is None:
-                continue
+        slots: collections.Counter[int] = collections.Counter()
+        for chat_client in connected:
             user_id = jwt.decode(chat_client.token, options={"verify_signature": False})["sub"]
-            wrong += int(await client.zcard(f"chat:slots:{{{user_id}}}")) != 1
+            slots[int(await client.zcard(f"chat:slots:{{{user_id}}}"))] += 1
         users = int(await client.zcard("chat:users"))
     finally:
         await client.aclose()
@@ -339,8 +339,9 @@ async def redis_figures(stage: Stage, clients: list[ResilientClient]) -> dict[st
             health = (await http.get(gateway.extra["http_url"] + "/api/websocket/health")).json()
             warning += any("Redis" in issue for issue in health["issues"])
     return {
-        "connected clients": sum(c.ws is not None for c in clients),
-        "connected clients without exactly one Redis slot": wrong,
+        "connected clients": len(connected),
+        "connected clients by Redis slots held": dict(sorted(slots.items())),
+        "connected clients without exactly one Redis slot": sum(n for held, n in slots.items() if held != 1),
         "users counted in Redis": users,
         "gateways still warning about Redis": warning,
     }
