@@ -327,10 +327,12 @@ async def redis_figures(stage: Stage, clients: list[ResilientClient]) -> dict[st
     connected = [c for c in clients if c.ws is not None and c.ws.state is State.OPEN]
     try:
         slots: collections.Counter[int] = collections.Counter()
+        seconds, micros = await client.time()
+        now_ms = seconds * 1000 + micros // 1000  # slots are scored by their expiry on the Redis clock
         for chat_client in connected:
             user_id = jwt.decode(chat_client.token, options={"verify_signature": False})["sub"]
-            slots[int(await client.zcard(f"chat:slots:{{{user_id}}}"))] += 1
-        users = int(await client.zcard("chat:users"))
+            slots[int(await client.zcount(f"chat:slots:{{{user_id}}}", now_ms, "+inf"))] += 1
+        users = int(await client.zcount("chat:users", now_ms, "+inf"))
     finally:
         await client.aclose()
     warning = 0
