@@ -44,6 +44,7 @@ async def test_limits_hold_across_gateways_and_a_killed_gateway_frees_its_slots(
         "WS_MAX_CONNECTIONS_PER_USER": 2,
         "WS_RATE_LIMIT_MAX_MESSAGES": 3,
         "WS_RATE_LIMIT_WINDOW": 60_000,
+        "WS_CHAT_CREATES_PER_MINUTE": 1000,  # the probes create chats
     }
     first, second = await cluster.gateway(**env), await cluster.gateway(**env)
     url_a, url_b = first.extra["ws_url"], second.extra["ws_url"]
@@ -129,7 +130,12 @@ async def test_slots_admitted_while_redis_was_away_count_again_when_it_returns(c
     registered again, so the per-user limit holds across gateways within REDIS_SLOT_TTL."""
     ttl_ms = 3000
     async with private_redis(log_dir) as redis_server:
-        env = {"REDIS_URL": redis_server.url, "REDIS_SLOT_TTL": ttl_ms, "WS_MAX_CONNECTIONS_PER_USER": 2}
+        env = {
+            "REDIS_URL": redis_server.url,
+            "REDIS_SLOT_TTL": ttl_ms,
+            "WS_MAX_CONNECTIONS_PER_USER": 2,
+            "WS_CHAT_CREATES_PER_MINUTE": 1000,  # every probe below creates a chat
+        }
         first, second = await cluster.gateway(**env), await cluster.gateway(**env)
         url_a, url_b = first.extra["ws_url"], second.extra["ws_url"]
         token = make_token(user("outage"))
