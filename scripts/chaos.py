@@ -2,19 +2,24 @@
 disturbed in turn; at the end, the counts (sent, answered, failed by code, lost, duplicated).
 
 Everything runs on this machine against the real RabbitMQ and PostgreSQL, in a vhost and a database
-of its own (removed afterwards): N gateways and M workers as real processes (the built-in fake model),
-every process reaching RabbitMQ and PostgreSQL through TCP proxies this script can cut. Clients are
+of its own (removed afterwards), and a Redis server of its own (``redis-server`` on a free port,
+without persistence): N gateways and M workers as real processes (the built-in fake model), every
+process reaching RabbitMQ and PostgreSQL through TCP proxies this script can cut. Clients are
 ``tests.support.resilient.ResilientClient``: they reconnect to another gateway when theirs goes, and
 rejoin their chat naming the answer they were reading and the last chunk they saw (resume).
 
 Faults, in turn, every ``--fault-every`` seconds: SIGKILL a worker (and start a new one), SIGTERM a
 gateway (restart it on its port), cut the broker connections for a few seconds, SIGTERM a worker,
 cut the database for a few seconds, SIGKILL a gateway, terminate the database backends, close every
-broker connection of the vhost from the broker side.
+broker connection of the vhost from the broker side, kill Redis and start it again empty 3 s later,
+SIGKILL a gateway and then, as its clients resume their answers on the other one, SIGKILL a worker.
+``--faults`` picks some of them (by name) instead.
 
 The verdict comes from the clients and from the stored ledger: ``lost`` (accepted, neither answered
 nor failed, after a settling time) and ``duplicated`` (two answers stored for one request, or a
-client that saw chunks of two attempts mixed) must both be 0; the exit status says whether they are.
+client that saw chunks of two attempts mixed) must both be 0, and once the run settles every
+connected client holds exactly one slot in Redis and no gateway still warns about Redis; the exit
+status says whether they do.
 
     uv run python scripts/chaos.py --duration 240 --clients 30
 """
@@ -41,12 +46,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
+import httpx  # noqa: E402
+import jwt  # noqa: E402
+import redis.asyncio as redis  # noqa: E402
 from tests.support.client import make_token  # noqa: E402
 from tests.support.cluster import Cluster  # noqa: E402
 from tests.support.processes import ServiceProcess, free_port  # noqa: E402
 from tests.support.proxy import TcpProxy  # noqa: E402
+from tests.support.redis_server import PrivateRedis  # noqa: E402
 from tests.support.resilient import Outcome, ResilientClient  # noqa: E402
 from tests.support.services import Services, drop_database, drop_vhost, make_database, make_vhost  # noqa: E402
+from websockets.protocol import State  # noqa: E402
 
 log = logging.getLogger("chaos")
 
@@ -62,6 +72,7 @@ class Stage:
     workers: list[ServiceProcess]
     env: dict[str, str | int]
     direct_database_url: str
+    redis: PrivateRedis
     clients: list[ResilientClient] = dataclasses.field(default_factory=list)
 
 
@@ -72,6 +83,8 @@ async def start_stage(args: argparse.Namespace, log_dir: Path) -> Stage:
     database_url, name = await make_database(database_base)
     amqp = await TcpProxy(amqp_url, 5672).start()
     database = await TcpProxy(database_url, 5432).start()
+    redis_server = PrivateRedis(log_dir)
+    await redis_server.start()
     services = Services(
         amqp_url=amqp.url(amqp_url), database_url=database.url(database_url), redis_url="", vhost=vhost, database=name
     )
@@ -88,9 +101,11 @@ async def start_stage(args: argparse.Namespace, log_dir: Path) -> Stage:
         "SHUTDOWN_GRACE": 5_000,
         "SHUTDOWN_SPREAD": 2_000,
         "RESUME_GRACE": 15_000,
+        "REDIS_URL": redis_server.url,
+        "REDIS_SLOT_TTL": 5_000,
         "LOG_LEVEL": "WARNING",
     }
-    stage = Stage(cluster, amqp, database, services, [], {}, [], env, database_url)
+    stage = Stage(cluster, amqp, database, services, [], {}, [], env, database_url, redis_server)
     try:
         for _ in range(args.gateways):
             port = free_port()
@@ -108,6 +123,7 @@ async def stop_stage(stage: Stage, args: argparse.Namespace) -> None:
     await stage.cluster.stop_all()
     await stage.amqp.close()
     await stage.database.close()
+    stage.redis.stop()
     await drop_database(args.database_url, stage.services.database)
     await asyncio.to_thread(drop_vhost, stage.services.vhost)
 
@@ -187,18 +203,49 @@ async def close_broker_connections(stage: Stage) -> str:
     return f"rabbitmqctl close_all_connections (exit {result.returncode})"
 
 
+async def restart_redis(stage: Stage) -> str:
+    stage.redis.stop()
+    await asyncio.sleep(3)
+    await stage.redis.start()
+    return "Redis killed, started again empty after 3 s"
+
+
+async def kill_worker_during_resumes(stage: Stage, rng: random.Random) -> str:
+    """SIGKILL a gateway; once its clients have reconnected to the other one (and asked to resume
+    their answers), SIGKILL a worker: its answers are redelivered and must reach the new connections."""
+    held = collections.Counter(c.url for c in stage.clients)
+    port = max(stage.gateway_ports, key=lambda p: (held[f"ws://127.0.0.1:{p}/ws/chat"], rng.random()))
+    victim = stage.gateways[port]
+    moving = [c for c in stage.clients if c.url == victim.extra["ws_url"]]
+    victim.signal(signal.SIGKILL)
+    await victim.wait_exit(10)
+    for _ in range(100):  # up to 5 s for half of them to have rejoined elsewhere (and asked to resume)
+        moved = sum(c.url != victim.extra["ws_url"] for c in moving)
+        if moved >= len(moving) / 2:
+            break
+        await asyncio.sleep(0.05)
+    worker = await kill_worker(stage, rng)
+    stage.gateways[port] = await stage.cluster.gateway(gateway_port=port, **stage.env)
+    rejoined = f"{moved} of {len(moving)} clients rejoined elsewhere"
+    return f"SIGKILL gateway :{port} ({rejoined}), then {worker}; gateway restarted"
+
+
 async def disturb(stage: Stage, args: argparse.Namespace, stop: asyncio.Event, journal: list[str]) -> None:
     rng = random.Random(args.seed)  # noqa: S311 - choosing victims, not secrets
-    faults = [
-        lambda: kill_worker(stage, rng),
-        lambda: restart_gateway(stage, rng, signal.SIGTERM),
-        lambda: cut_broker(stage, rng),
-        lambda: stop_worker(stage, rng),
-        lambda: cut_database(stage, rng),
-        lambda: restart_gateway(stage, rng, signal.SIGKILL),
-        lambda: terminate_backends(stage, args),
-        lambda: close_broker_connections(stage),
-    ]
+    every = {
+        "kill-worker": lambda: kill_worker(stage, rng),
+        "stop-gateway": lambda: restart_gateway(stage, rng, signal.SIGTERM),
+        "cut-broker": lambda: cut_broker(stage, rng),
+        "stop-worker": lambda: stop_worker(stage, rng),
+        "cut-database": lambda: cut_database(stage, rng),
+        "kill-gateway": lambda: restart_gateway(stage, rng, signal.SIGKILL),
+        "terminate-backends": lambda: terminate_backends(stage, args),
+        "close-broker-connections": lambda: close_broker_connections(stage),
+        "restart-redis": lambda: restart_redis(stage),
+        "kill-worker-during-resumes": lambda: kill_worker_during_resumes(stage, rng),
+    }
+    names = args.faults.split(",") if args.faults else list(every)
+    faults = [every[name] for name in names]
     started = time.monotonic()
     index = 0
     while not stop.is_set():
@@ -268,8 +315,37 @@ async def verdict(stage: Stage, clients: list[ResilientClient], outcomes: list[O
         "duplicated": sum(1 for n in answers.values() if n > 1) + sum(1 for o in outcomes if o.garbled),
         "restarted answers (attempt > 1)": sum(o.restarts for o in outcomes),
         "resumed answers": sum(o.resumes for o in outcomes),
+        "resumes answered 'not resumed' (found in the history)": sum(o.not_resumed for o in outcomes),
         "reconnects": sum(c.reconnects for c in clients),
         "accepted but unknown to the client": len(set(users) - set(client_seen)),
+    }
+
+
+async def redis_figures(stage: Stage, clients: list[ResilientClient]) -> dict[str, Any]:
+    """After the run: does Redis hold one slot per connected client, and has every warning cleared?"""
+    client = redis.Redis.from_url(stage.redis.url)
+    connected = [c for c in clients if c.ws is not None and c.ws.state is State.OPEN]
+    try:
+        slots: collections.Counter[int] = collections.Counter()
+        seconds, micros = await client.time()
+        now_ms = seconds * 1000 + micros // 1000  # slots are scored by their expiry on the Redis clock
+        for chat_client in connected:
+            user_id = jwt.decode(chat_client.token, options={"verify_signature": False})["sub"]
+            slots[int(await client.zcount(f"chat:slots:{{{user_id}}}", now_ms, "+inf"))] += 1
+        users = int(await client.zcount("chat:users", now_ms, "+inf"))
+    finally:
+        await client.aclose()
+    warning = 0
+    async with httpx.AsyncClient(timeout=5) as http:
+        for gateway in stage.gateways.values():
+            health = (await http.get(gateway.extra["http_url"] + "/api/websocket/health")).json()
+            warning += any("Redis" in issue for issue in health["issues"])
+    return {
+        "connected clients": len(connected),
+        "connected clients by Redis slots held": dict(sorted(slots.items())),
+        "connected clients without exactly one Redis slot": sum(n for held, n in slots.items() if held != 1),
+        "users counted in Redis": users,
+        "gateways still warning about Redis": warning,
     }
 
 
@@ -297,6 +373,7 @@ async def run(args: argparse.Namespace) -> int:
         await asyncio.gather(*talks, return_exceptions=True)
         await asyncio.sleep(args.settle)
         figures = await verdict(stage, clients, outcomes)
+        figures.update(await redis_figures(stage, clients))
         figures["duration_s"] = round(time.monotonic() - started, 1)
         figures["faults"] = journal
         for client in clients:
@@ -304,8 +381,13 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         await stop_stage(stage, args)
     print(json.dumps(figures, indent=2))
-    ok = figures["lost"] == 0 and figures["duplicated"] == 0
-    print("VERDICT:", "lost = 0, duplicated = 0" if ok else "FAILED")
+    ok = (
+        figures["lost"] == 0
+        and figures["duplicated"] == 0
+        and figures["connected clients without exactly one Redis slot"] == 0
+        and figures["gateways still warning about Redis"] == 0
+    )
+    print("VERDICT:", "lost = 0, duplicated = 0, Redis slots exact" if ok else "FAILED")
     return 0 if ok else 1
 
 
@@ -325,6 +407,13 @@ def main() -> None:
         help="seconds to wait before reading the ledger: past REQUEST_TIMEOUT (30 s) and the reaper's margin",
     )
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument(
+        "--faults",
+        default="",
+        help="comma-separated fault names, in turn (default: all): kill-worker, stop-gateway, cut-broker, "
+        "stop-worker, cut-database, kill-gateway, terminate-backends, close-broker-connections, "
+        "restart-redis, kill-worker-during-resumes",
+    )
     parser.add_argument("--amqp-url", default="amqp://guest:guest@localhost:5672/")
     parser.add_argument("--database-url", default="postgresql://postgres@localhost:5432/postgres")
     args = parser.parse_args()

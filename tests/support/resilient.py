@@ -33,6 +33,8 @@ class Outcome:
     content: str | None = None
     restarts: int = 0
     resumes: int = 0
+    not_resumed: int = 0
+    """times a resume was answered "Answer not resumed" (then looked up in the history)."""
     garbled: bool = False
     """chunks seen and the final content disagree (two attempts mixed, or a chunk lost)."""
 
@@ -50,9 +52,10 @@ class ResilientClient:
     url: str | None = None
     """the gateway this client is connected to now."""
 
-    async def _connect(self, *, deadline: float, resume: tuple[str, int] | None = None) -> list[dict[str, Any]]:
+    async def _connect(self, *, deadline: float, resume: tuple[str, int, int] | None = None) -> list[dict[str, Any]]:
         """Connect to the next gateway that answers and (re)join the chat, naming the answer to resume
-        (message id, last sequence number seen) if any; return the joined history."""
+        (message id, last sequence number seen, the attempt it counts in) if any; return the joined
+        history."""
         delay = 0.2
         while True:
             url = self.urls[self._next_url % len(self.urls)]
@@ -66,6 +69,8 @@ class ResilientClient:
                         data["messageId"] = resume[0]
                         if resume[1] >= 0:  # no chunk seen yet: the whole answer
                             data["lastSeq"] = resume[1]
+                            if resume[2] > 1:
+                                data["attempt"] = resume[2]
                 await self.ws.send(json.dumps({"type": "join_chat", "data": data}))
                 frame = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
                 if frame["type"] == "chat_joined":
@@ -91,11 +96,11 @@ class ResilientClient:
     async def close(self) -> None:
         await self._drop()
 
-    async def _rejoin(self, outcome: Outcome, last_seq: int, deadline: float) -> list[dict[str, Any]]:
+    async def _rejoin(self, outcome: Outcome, last_seq: int, attempt: int, deadline: float) -> list[dict[str, Any]]:
         """Reconnect and rejoin, asking to resume the answer being read."""
         self.reconnects += 1
         await self._drop()
-        resume = (outcome.answer_id, last_seq) if outcome.answer_id is not None else None
+        resume = (outcome.answer_id, last_seq, attempt) if outcome.answer_id is not None else None
         history = await self._connect(deadline=deadline, resume=resume)
         if resume is not None:
             outcome.resumes += 1
@@ -107,7 +112,7 @@ class ResilientClient:
         outcome = Outcome(question)
         deadline = time.monotonic() + timeout
         chunks: list[str] = []
-        last_seq = -1
+        last_seq, attempt = -1, 1
         try:
             if self.ws is None:  # the previous connection closed between questions
                 self.reconnects += 1
@@ -126,7 +131,7 @@ class ResilientClient:
                 except (ConnectionClosed, OSError) as closed:
                     if isinstance(closed, ConnectionClosed) and closed.rcvd is not None:
                         self.closes.append(closed.rcvd.code)
-                    history = await self._rejoin(outcome, last_seq, deadline)
+                    history = await self._rejoin(outcome, last_seq, attempt, deadline)
                     if self._settled_by_history(outcome, history):
                         return outcome
                     continue
@@ -143,6 +148,7 @@ class ResilientClient:
                     if data.get("attempt", 1) > 1 and not data.get("resumed"):
                         outcome.restarts += 1
                         chunks, last_seq = [], -1
+                    attempt = data.get("attempt", 1)
                 elif kind == "response_chunk" and data.get("messageId") == outcome.answer_id:
                     if data["seq"] > last_seq:
                         chunks.append(data["delta"])
@@ -157,6 +163,7 @@ class ResilientClient:
                 ):
                     if "not resumed" in data.get("message", "") and outcome.user_message_id is not None:
                         # the answer is not streaming anywhere now: it is stored, or will be
+                        outcome.not_resumed += 1
                         if await self._wait_in_history(outcome, deadline):
                             return outcome
                         continue

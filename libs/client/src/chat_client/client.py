@@ -352,6 +352,8 @@ class ChatClient:
             data["messageId"] = streaming.message_id
             if streaming.last_seq is not None:
                 data["lastSeq"] = streaming.last_seq
+                if streaming.attempt > 1:  # the sequence numbers count in this attempt
+                    data["attempt"] = streaming.attempt
         await ws.send(_dumps({"type": "join_chat", "data": data, "requestId": next(self._ids)}))
         async with asyncio.timeout(self.open_timeout):
             while True:

@@ -45,7 +45,8 @@ class ControlMessage(BaseModel):
     ``cancel``: stop the answer for ``request_id``, or every answer streaming to ``connection_id``.
     ``disconnected`` is not acted on at once: the worker waits ``RESUME_GRACE`` for a ``resume``.
     ``resume``: the worker holding the answer ``message_id`` of ``user_id`` sends it from now on to
-    ``connection_id`` on the gateway ``reply_to``, replaying the chunks after ``last_seq`` first.
+    ``connection_id`` on the gateway ``reply_to``, replaying the chunks after ``last_seq`` (of the
+    delivery ``attempt`` the client saw) first.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -58,6 +59,7 @@ class ControlMessage(BaseModel):
     user_id: str | None = None
     reply_to: str | None = None
     last_seq: int = -1
+    attempt: int = 1
 
 
 class ReplyHeaders(BaseModel):
@@ -132,6 +134,9 @@ class Heartbeat(BaseModel):
     started_ms: int
     connections: int = 0
     users: int = 0
+    cluster_users: int | None = None
+    """gateway with ``REDIS_URL``: distinct users with a live connection slot on any gateway, counted
+    in Redis (exact as of the gateway's last slot refresh); ``None`` without Redis or while it is away."""
     max_connections: int = 0
     in_flight: int = 0
     concurrency: int = 0

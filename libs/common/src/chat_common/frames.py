@@ -36,6 +36,8 @@ class JoinChatData(_Data):
     lastSeq: Annotated[int, Field(ge=0, lt=2**63)] | None = None
     """with ``messageId`` of the answer being streamed: resume after this chunk sequence number."""
     messageId: Id | None = None
+    attempt: Annotated[int, Field(ge=1, lt=2**31)] | None = None
+    """with ``lastSeq``: the ``attempt`` of the ``response_start`` the client saw (1 when absent)."""
 
 
 class SwitchChatData(_Data):

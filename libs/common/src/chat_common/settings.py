@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     redis_slot_ttl: Annotated[int, Field(ge=300)] = 30_000
     """ms a gateway's connection slots live in Redis without a refresh: how long the slots of a
     gateway that died keep counting against its users."""
+    ws_chat_creates_per_minute: PositiveInt = 10
+    """chats one user may create per minute (``create_chat``, ``join_chat`` without ``chatId``),
+    over all connections (all gateways with Redis); beyond it ``RATE_LIMITED``. Each is a row."""
+    ws_history_reads_per_minute: PositiveInt = 60
+    """history loads per user per minute (``switch_chat``, ``join_chat`` of an existing chat, which
+    read and encode up to ``HISTORY_LIMIT`` messages); beyond it ``RATE_LIMITED``."""
     database_pool_size: PositiveInt = 10
 
     # --- authentication (SPEC §6) ---
@@ -128,6 +134,9 @@ class Settings(BaseSettings):
     busy_retry_after: PositiveInt = 2_000
     resume_grace: Annotated[int, Field(ge=0)] = 10_000
     """ms a worker keeps generating for a closed connection, waiting for the client to resume."""
+    reply_prefetch: PositiveInt = 1000
+    """replies a gateway takes from its reply queue before it has read them; the rest wait in the
+    broker (bounded by the queue's message TTL), not in the gateway's memory."""
     shutdown_grace: Annotated[int, Field(ge=0)] = 25_000
     """ms a stopping gateway or worker lets in-flight answers run before it closes or requeues them."""
     shutdown_spread: Annotated[int, Field(ge=0)] = 3_000

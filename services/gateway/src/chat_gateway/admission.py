@@ -11,6 +11,9 @@ import time
 from collections import defaultdict, deque
 from typing import Protocol
 
+BUDGET_WINDOW_MS = 60_000
+"""the window of the per-minute budgets (chat creation, history reads)."""
+
 
 class AdmissionStore(Protocol):
     async def acquire_connection(self, user_id: str, connection_id: str, limit: int) -> bool:
@@ -21,8 +24,9 @@ class AdmissionStore(Protocol):
         """Give the slot back; releasing twice is harmless."""
         ...
 
-    async def hit_rate(self, user_id: str, limit: int, window_ms: int) -> int | None:
-        """Count one message; ``None`` if allowed, else the ms until the next one would be."""
+    async def hit_rate(self, user_id: str, limit: int, window_ms: int, *, bucket: str = "messages") -> int | None:
+        """Count one ``bucket`` action of the user (``messages``, ``chats``, ``history``); ``None``
+        if allowed, else the ms until the next one would be."""
         ...
 
     async def close(self) -> None: ...
@@ -33,7 +37,7 @@ class LocalAdmission:
 
     def __init__(self) -> None:
         self._slots: dict[str, set[str]] = defaultdict(set)
-        self._hits: dict[str, deque[float]] = {}
+        self._hits: dict[tuple[str, str], deque[float]] = {}
 
     async def acquire_connection(self, user_id: str, connection_id: str, limit: int) -> bool:
         slots = self._slots[user_id]
@@ -51,12 +55,12 @@ class LocalAdmission:
             if not slots:
                 del self._slots[user_id]
 
-    async def hit_rate(self, user_id: str, limit: int, window_ms: int) -> int | None:
+    async def hit_rate(self, user_id: str, limit: int, window_ms: int, *, bucket: str = "messages") -> int | None:
         now = time.monotonic()
         window = window_ms / 1000
-        hits = self._hits.get(user_id)
+        hits = self._hits.get((bucket, user_id))
         if hits is None:
-            hits = self._hits[user_id] = deque()
+            hits = self._hits[(bucket, user_id)] = deque()
         while hits and hits[0] <= now - window:
             hits.popleft()
         if len(hits) >= limit:
@@ -68,9 +72,9 @@ class LocalAdmission:
 
     def forget_idle(self, window_ms: int) -> None:
         """Drop the rate logs with no hit inside the window (called by the cleanup sweep)."""
-        oldest = time.monotonic() - window_ms / 1000
-        for user_id in [u for u, h in self._hits.items() if not h or h[-1] <= oldest]:
-            del self._hits[user_id]
+        oldest = time.monotonic() - max(window_ms, BUDGET_WINDOW_MS) / 1000
+        for key in [k for k, h in self._hits.items() if not h or h[-1] <= oldest]:
+            del self._hits[key]
 
     async def close(self) -> None:
         return None

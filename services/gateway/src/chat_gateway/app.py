@@ -196,6 +196,7 @@ def heartbeat(state: GatewayState, sampler: RequestSampler) -> Heartbeat:
         started_ms=int(state.started * 1000),
         connections=len(state.registry),
         users=state.registry.users,
+        cluster_users=getattr(state.admission, "cluster_users", None),
         max_connections=state.settings.ws_max_connections,
         in_flight=int(metrics.in_flight._value.get()),
         requests_total=metrics.requests_total,

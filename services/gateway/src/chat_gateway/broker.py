@@ -2,6 +2,11 @@
 
 Every publish is bounded by ``PUBLISH_TIMEOUT``: during a broker outage the client hears ``BUSY``
 instead of waiting for the reconnect. Failed publishes are not replayed.
+
+Replies are consumed with a prefetch of ``REPLY_PREFETCH`` and acknowledged in batches as they are
+taken (``BatchAcker``): a gateway that falls behind leaves the excess in its queue, where the
+message TTL bounds it, instead of in its own memory. Acks are flow control here, not delivery
+guarantees: a reply is acked before it is forwarded, and none is ever re-sent.
 """
 
 from __future__ import annotations
@@ -26,6 +31,46 @@ from chat_gateway.tracing import start_publish_span
 logger = logging.getLogger(__name__)
 
 
+class BatchAcker:
+    """Acknowledge deliveries in batches: one ``multiple`` ack every ``batch`` deliveries, and one
+    ``delay_s`` after the last delivery of a quieter spell, so the prefetch window never stays
+    full. Acks that fail (the channel is gone; it is being restored) are dropped: the new channel
+    starts with an empty window."""
+
+    def __init__(self, *, batch: int, delay_s: float = 0.02) -> None:
+        self._batch = batch
+        self._delay_s = delay_s
+        self._latest: AbstractIncomingMessage | None = None
+        self._count = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def taken(self, message: AbstractIncomingMessage) -> None:
+        self._latest = message
+        self._count += 1
+        if self._count >= self._batch:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._delay_s, self._flush)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        latest, self._latest, self._count = self._latest, None, 0
+        if latest is not None:
+            task = asyncio.get_running_loop().create_task(self._ack(latest))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _ack(message: AbstractIncomingMessage) -> None:
+        try:
+            await message.ack(multiple=True)
+        except Exception:  # noqa: BLE001 - a closed channel's window is gone with it
+            logger.debug("reply ack dropped (channel closed)")
+
+
 class GatewayBroker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -46,10 +91,16 @@ class GatewayBroker:
         self._control = await topology.declare_control(self._publish_channel)
         self.telemetry = await topology.declare_telemetry(self._publish_channel)
         reply_channel = await self.connection.channel(publisher_confirms=False)
-        await reply_channel.set_qos(prefetch_count=0)
+        prefetch = self.settings.reply_prefetch
+        await reply_channel.set_qos(prefetch_count=prefetch)
         queue = await topology.declare_reply_queue(reply_channel, self.settings.instance_id)
-        # Replies are transient and re-sent by nobody: no acks, no broker-side bookkeeping.
-        await queue.consume(on_reply, no_ack=True)
+        acker = BatchAcker(batch=max(1, prefetch // 4))
+
+        async def take(message: AbstractIncomingMessage) -> None:
+            acker.taken(message)
+            await on_reply(message)
+
+        await queue.consume(take)
 
     async def publish_request(self, request: ChatRequest) -> None:
         """Publish with a confirm; ``ChatError(BUSY)`` when the broker refuses or does not answer in time."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import unicodedata
 import uuid
@@ -29,6 +30,7 @@ from chat_common.frames import (
     pong_frame,
 )
 from chat_common.store import UNAVAILABLE_ERRORS, Chat, StoredMessage
+from chat_gateway.admission import BUDGET_WINDOW_MS
 from chat_gateway.auth import Identity
 from chat_gateway.connection import Connection, PendingRequest
 from chat_gateway.refusals import Refusal, is_refusal, reason_of, record_refusal
@@ -172,15 +174,17 @@ class FrameHandler:
         # and a fresh one extends the connection like refresh_token (verifying again is a cache hit).
         self._arm_expiry(await self._same_user(frame.data.token))
         if frame.data.chatId is None:
+            await self._spend("chats")
             chat = await self.state.store.create_chat(self._user(), frame.data.chatType)
         else:
+            await self._spend("history")
             chat = await self._owned_chat(frame.data.chatId, frame.data.chatType)
         history = await self._enter(chat, "chat_joined", frame.requestId, with_user=True)
         wanted = frame.data.messageId
         if wanted is not None and frame.data.chatId is not None and all(m.id != wanted for m in history):
-            await self.resume(wanted, frame.data.lastSeq)
+            await self.resume(wanted, frame.data.lastSeq, attempt=frame.data.attempt or 1)
 
-    async def resume(self, message_id: str, last_seq: int | None) -> None:
+    async def resume(self, message_id: str, last_seq: int | None, *, attempt: int = 1) -> None:
         """Ask the worker streaming answer ``message_id`` to continue it on this connection, after
         ``last_seq``; an answer already stored is in the history the client just received."""
         connection = self.connection
@@ -188,6 +192,15 @@ class FrameHandler:
             p.assistant_message_id == message_id for p in connection.pending.values()
         ):
             return
+        # every resume is broadcast to every worker: one per answer in flight, one per connection
+        wait_s = self.state.router.resume_wait_left(connection, message_id)
+        if wait_s is not None:
+            raise Refusal(
+                ErrorCode.RATE_LIMITED,
+                "Rate limit exceeded: a resume is already waiting for its answer",
+                retry_after_ms=max(1, math.ceil(wait_s * 1000)),
+                reason="resume_in_flight",
+            )
         pending = PendingRequest(
             request_id="",
             user_message_id="",
@@ -204,17 +217,38 @@ class FrameHandler:
                 connection_id=connection.id,
                 reply_to=self.state.settings.instance_id,
                 last_seq=-1 if last_seq is None else last_seq,
+                attempt=attempt,
             )
         )
 
     async def open_chat(self, chat_id: str, chat_type: ChatType, reply: str, request_id: RequestIdT) -> None:
+        await self._spend("history")
         chat = await self._owned_chat(chat_id, chat_type)
         await self._enter(chat, reply, request_id)
 
     async def create_chat(self, chat_type: ChatType, reply: str, request_id: RequestIdT) -> None:
+        await self._spend("chats")
         chat = await self.state.store.create_chat(self._user(), chat_type)
         self._move_to(chat)
         self.connection.send(encode_frame(reply, {"chatId": chat.id, "chatType": chat.chat_type}, request_id))
+
+    async def _spend(self, bucket: str) -> None:
+        """Count one costly action against the user's per-minute budget (all connections; all
+        gateways with Redis); ``RATE_LIMITED`` with ``retryAfterMs`` once it is spent."""
+        settings = self.state.settings
+        limit, what = (
+            (settings.ws_chat_creates_per_minute, "new chats")
+            if bucket == "chats"
+            else (settings.ws_history_reads_per_minute, "chat history loads")
+        )
+        retry_after = await self.state.admission.hit_rate(self._user(), limit, BUDGET_WINDOW_MS, bucket=bucket)
+        if retry_after is not None:
+            raise Refusal(
+                ErrorCode.RATE_LIMITED,
+                f"Rate limit exceeded: at most {limit} {what} per minute",
+                retry_after_ms=retry_after,
+                reason=f"{bucket}_rate",
+            )
 
     async def _owned_chat(self, chat_id: str, chat_type: ChatType) -> Chat:
         chat = await self.state.store.get_chat(chat_id, self._user())

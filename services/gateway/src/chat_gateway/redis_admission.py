@@ -8,7 +8,10 @@ operation is one Lua script, atomic across gateways and timed by the Redis serve
 gateways' clocks need not agree.
 
 If Redis cannot be reached, the limits fall back to this process's own (``LocalAdmission``) until
-it answers again: users are still limited, per gateway, rather than refused or unlimited.
+it answers again: users are still limited, per gateway, rather than refused or unlimited. When it
+answers again, every live connection of this process is registered again (``_REGISTER``: the ones
+admitted during the outage, and the ones whose slots expired or were lost with a restarted Redis),
+at once, so the cluster-wide count is whole again within one keep-alive round.
 """
 
 from __future__ import annotations
@@ -61,6 +64,46 @@ return 1
 """
 )
 
+# KEYS[1] slots of the user; ARGV: connection id, ttl ms. Re-registers a live connection whatever
+# the count: it is open already, and refusing it here would not close it.
+_REGISTER = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+)
+
+# KEYS[1] the cluster's users; ARGV: user id, ttl ms. The user has a slot until at least now + ttl.
+_SEEN = (
+    _NOW
+    + """
+redis.call('ZADD', KEYS[1], 'GT', now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+)
+
+# KEYS[1] slots of the user; ARGV: connection id. The slots left (0: the user has none anywhere).
+_RELEASE = (
+    _NOW
+    + """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+
+# KEYS[1] the cluster's users. How many have a slot that has not expired.
+_COUNT_USERS = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+
 # KEYS[1] message log of the user; ARGV: limit, window ms, unique member. -1 = allowed (and
 # counted), else the ms until the message that frees a place leaves the window.
 _HIT = (
@@ -85,8 +128,15 @@ def _slots_key(user_id: str) -> str:
     return f"chat:slots:{{{user_id}}}"
 
 
-def _rate_key(user_id: str) -> str:
-    return f"chat:rate:{{{user_id}}}"
+USERS_KEY = "chat:users"
+"""every user with a connection slot, scored by when the latest of them expires: the cluster's
+distinct users (one key, so each script touches one key and Redis Cluster can hold these too)."""
+
+
+def _rate_key(user_id: str, bucket: str = "messages") -> str:
+    if bucket == "messages":
+        return f"chat:rate:{{{user_id}}}"  # the name it had before there were other buckets
+    return f"chat:rate:{bucket}:{{{user_id}}}"
 
 
 class RedisAdmission:
@@ -101,11 +151,24 @@ class RedisAdmission:
         self._slot_ttl_ms = slot_ttl_ms
         self._acquire = client.register_script(_ACQUIRE)
         self._refresh = client.register_script(_REFRESH)
+        self._register = client.register_script(_REGISTER)
+        self._seen = client.register_script(_SEEN)
+        self._release = client.register_script(_RELEASE)
+        self._count_users = client.register_script(_COUNT_USERS)
         self._hit = client.register_script(_HIT)
+        self.cluster_users: int | None = None
+        """distinct users connected anywhere, counted at the last keep-alive round; ``None`` while
+        Redis is away (or before the first round)."""
         self._held: dict[str, str] = {}
-        """connection id -> user id: the slots this process keeps alive in Redis."""
+        """connection id -> user id: every connection this process admitted (through Redis or not);
+        their slots are kept alive in Redis."""
+        self._by_user: dict[str, set[str]] = {}
+        """user id -> the connection ids of ``_held``: the per-user limit while Redis is away."""
+        self._stale = False
+        """some of ``_held`` may be missing in Redis (a call failed): register them all again."""
+        self._wake = asyncio.Event()
         self._local = LocalAdmission()
-        """the limits while Redis is away."""
+        """the rate limits while Redis is away."""
         self._retry_at = 0.0
         self._keeper: asyncio.Task[None] | None = None
 
@@ -136,6 +199,8 @@ class RedisAdmission:
         return time.monotonic() >= self._retry_at
 
     def _failed(self, what: str, exc: BaseException) -> None:
+        self._stale = True
+        self.cluster_users = None
         if not self.degraded:
             logger.warning(
                 "Redis unreachable (%s: %r): connection and rate limits are per gateway until it is back", what, exc
@@ -146,55 +211,118 @@ class RedisAdmission:
         if self.degraded:
             logger.info("Redis reachable again: connection and rate limits are cluster-wide")
             self._retry_at = 0.0
+        if self._stale:
+            self._wake.set()  # the keeper registers the live connections now, not in a third of a TTL
 
     async def acquire_connection(self, user_id: str, connection_id: str, limit: int) -> bool:
         if self._usable():
             try:
-                granted = await self._acquire(
-                    keys=[_slots_key(user_id)], args=[connection_id, limit, self._slot_ttl_ms]
-                )
+                async with self._client.pipeline(transaction=False) as pipe:
+                    await self._acquire(
+                        keys=[_slots_key(user_id)], args=[connection_id, limit, self._slot_ttl_ms], client=pipe
+                    )
+                    # granted or not, the user holds a live slot: count them among the cluster's users
+                    await self._seen(keys=[USERS_KEY], args=[user_id, self._slot_ttl_ms], client=pipe)
+                    granted, _ = await pipe.execute()
             except (RedisError, OSError) as exc:
                 self._failed("acquire", exc)
             else:
                 self._recovered()
                 if granted:
-                    self._held[connection_id] = user_id
+                    self._hold(user_id, connection_id)
                 return bool(granted)
-        return await self._local.acquire_connection(user_id, connection_id, limit)
+        # Redis is away: this process's own connections of the user count, wherever they came from
+        mine = self._by_user.get(user_id, ())
+        if connection_id not in mine and len(mine) >= limit:
+            return False
+        self._hold(user_id, connection_id)  # registered in Redis when it is back
+        return True
+
+    def _hold(self, user_id: str, connection_id: str) -> None:
+        self._held[connection_id] = user_id
+        self._by_user.setdefault(user_id, set()).add(connection_id)
+
+    def _unhold(self, user_id: str, connection_id: str) -> bool:
+        if self._held.pop(connection_id, None) is None:
+            return False
+        mine = self._by_user.get(user_id)
+        if mine is not None:
+            mine.discard(connection_id)
+            if not mine:
+                del self._by_user[user_id]
+        return True
 
     async def release_connection(self, user_id: str, connection_id: str) -> None:
-        await self._local.release_connection(user_id, connection_id)
-        if self._held.pop(connection_id, None) is None:
+        if not self._unhold(user_id, connection_id):
             return
+        if not self._usable():
+            return  # not in Redis, or expires there by itself within the TTL
         try:
-            await self._client.zrem(_slots_key(user_id), connection_id)
+            if not await self._release(keys=[_slots_key(user_id)], args=[connection_id]):
+                await self._client.zrem(USERS_KEY, user_id)
         except (RedisError, OSError) as exc:
             self._failed("release", exc)  # the slot expires by itself within the TTL
 
-    async def hit_rate(self, user_id: str, limit: int, window_ms: int) -> int | None:
+    async def hit_rate(self, user_id: str, limit: int, window_ms: int, *, bucket: str = "messages") -> int | None:
         if self._usable():
             try:
-                wait = int(await self._hit(keys=[_rate_key(user_id)], args=[limit, window_ms, uuid.uuid4().hex]))
+                key = _rate_key(user_id, bucket)
+                wait = int(await self._hit(keys=[key], args=[limit, window_ms, uuid.uuid4().hex]))
             except (RedisError, OSError) as exc:
                 self._failed("rate limit", exc)
             else:
                 self._recovered()
                 return None if wait < 0 else wait
-        return await self._local.hit_rate(user_id, limit, window_ms)
+        return await self._local.hit_rate(user_id, limit, window_ms, bucket=bucket)
 
     async def refresh(self, held: Iterable[tuple[str, str]]) -> None:
-        """Extend the given slots (connection id, user id) to a full TTL from now."""
+        """Extend the given slots (connection id, user id) to a full TTL from now, and count the
+        cluster's users (``cluster_users``)."""
         async with self._client.pipeline(transaction=False) as pipe:
+            users = set()
             for connection_id, user_id in held:
                 await self._refresh(keys=[_slots_key(user_id)], args=[connection_id, self._slot_ttl_ms], client=pipe)
-            await pipe.execute()
+                users.add(user_id)
+            for user_id in users:
+                await self._seen(keys=[USERS_KEY], args=[user_id, self._slot_ttl_ms], client=pipe)
+            await self._count_users(keys=[USERS_KEY], client=pipe)
+            results = await pipe.execute()
+        self.cluster_users = int(results[-1])
+
+    async def register_all(self) -> int:
+        """Register every live connection's slot again (after an outage); returns how many."""
+        held = list(self._held.items())
+        async with self._client.pipeline(transaction=False) as pipe:
+            for connection_id, user_id in held:
+                await self._register(keys=[_slots_key(user_id)], args=[connection_id, self._slot_ttl_ms], client=pipe)
+            for user_id in {user_id for _, user_id in held}:
+                await self._seen(keys=[USERS_KEY], args=[user_id, self._slot_ttl_ms], client=pipe)
+            await self._count_users(keys=[USERS_KEY], client=pipe)
+            results = await pipe.execute()
+        self.cluster_users = int(results[-1])
+        # a connection that closed while the pipeline ran was released before it was registered
+        gone = [(c, u) for c, u in held if c not in self._held]
+        if gone:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for connection_id, user_id in gone:
+                    pipe.zrem(_slots_key(user_id), connection_id)
+                await pipe.execute()
+        return len(held)
 
     async def _keep_alive(self) -> None:
         while True:
-            await asyncio.sleep(self._slot_ttl_ms / 3000)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._slot_ttl_ms / 3000):
+                    await self._wake.wait()
+            self._wake.clear()
             self._local.forget_idle(3_600_000)
             try:
-                await self.refresh(list(self._held.items()))
+                if self._stale:
+                    self._stale = False
+                    count = await self.register_all()
+                    logger.info("Redis: %d connection slots of this gateway registered again", count)
+                else:
+                    await self.refresh(list(self._held.items()))
             except (RedisError, OSError) as exc:
                 self._failed("refresh", exc)  # retried next round; meanwhile the slots may expire
             else:
@@ -205,10 +333,13 @@ class RedisAdmission:
             self._keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
-        held, self._held = list(self._held.items()), {}
+        held, self._held, self._by_user = list(self._held.items()), {}, {}
         with contextlib.suppress(RedisError, OSError):
             async with self._client.pipeline(transaction=False) as pipe:
                 for connection_id, user_id in held:
-                    pipe.zrem(_slots_key(user_id), connection_id)
-                await pipe.execute()
+                    await self._release(keys=[_slots_key(user_id)], args=[connection_id], client=pipe)
+                left = await pipe.execute()
+            gone = {user_id for (_, user_id), count in zip(held, left, strict=True) if not count}
+            if gone:
+                await self._client.zrem(USERS_KEY, *gone)
         await self._client.aclose()

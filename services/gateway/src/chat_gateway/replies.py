@@ -51,6 +51,9 @@ class ReplyRouter:
         self.metrics = metrics
         self.request_timeout_s = request_timeout_s
         self._orphans: OrderedDict[str, None] = OrderedDict()
+        self._resuming: dict[str, tuple[PendingRequest, float]] = {}
+        """answer message id -> the placeholder waiting for its replay here, and until when: at most
+        one resume of an answer is in flight from this gateway."""
         self._background: set[asyncio.Task[None]] = set()
 
     async def on_reply(self, message: AbstractIncomingMessage) -> None:
@@ -100,6 +103,7 @@ class ReplyRouter:
             del connection.pending[pending.request_id]
         if connection.resumes.get(pending.assistant_message_id) is pending:
             del connection.resumes[pending.assistant_message_id]
+        self._stop_waiting(pending)
         if pending.timer is not None:
             pending.timer.cancel()
             pending.timer = None
@@ -140,16 +144,32 @@ class ReplyRouter:
             )
         )
 
+    def resume_wait_left(self, connection: Connection, message_id: str) -> float | None:
+        """Seconds until another resume may be asked here: one of ``message_id`` is waiting for its
+        replay (on any connection of this gateway), or one of another answer on ``connection``."""
+        now = time.monotonic()
+        waiting = [self._resuming.get(message_id)]
+        waiting += [self._resuming.get(other) for other in connection.resumes]
+        left = [until - now for entry in waiting if entry is not None for until in (entry[1],)]
+        return max(left) if left else None
+
     def expect_resume(self, connection: Connection, pending: PendingRequest) -> None:
         """Wait (``RESUME_WAIT_S``) for the replay of the answer ``pending.assistant_message_id``."""
         connection.resumes[pending.assistant_message_id] = pending
+        self._resuming[pending.assistant_message_id] = (pending, time.monotonic() + RESUME_WAIT_S)
         self.metrics.in_flight.inc()
         self.watch(connection, pending, RESUME_WAIT_S)
+
+    def _stop_waiting(self, pending: PendingRequest) -> None:
+        entry = self._resuming.get(pending.assistant_message_id)
+        if entry is not None and entry[0] is pending:
+            del self._resuming[pending.assistant_message_id]
 
     def _adopt(self, connection: Connection, headers: ReplyHeaders) -> PendingRequest | None:
         pending = connection.resumes.pop(headers.message_id, None)
         if pending is None:
             return None
+        self._stop_waiting(pending)
         pending.request_id = headers.request_id
         connection.pending[headers.request_id] = pending
         self.watch(connection, pending)

@@ -118,12 +118,22 @@ class ReplyStream:
         data = {"code": code, "message": message, "messageId": self._request.assistant_message_id}
         await self._publish("error", lambda _seq: encode_frame("error", data), code=code)
 
-    async def retarget(self, connection_id: str, reply_to: str, *, last_seq: int) -> None:
+    def redirect(self, connection_id: str, reply_to: str) -> None:
+        """Address every frame from now on to another connection (before the first one is sent)."""
+        self.connection_id, self.reply_to = connection_id, reply_to
+
+    async def retarget(self, connection_id: str, reply_to: str, *, last_seq: int, seen_attempt: int = 1) -> None:
         """Send the answer to another connection from now on: a ``response_start`` marked ``resumed``,
-        then the chunks after ``last_seq``, then whatever comes next."""
+        then the chunks after ``last_seq``, then whatever comes next.
+
+        ``last_seq`` counts in the attempt the client saw (``seen_attempt``). If that is not this
+        attempt (the request was redelivered meanwhile), the client gets this attempt from the
+        start: an unmarked ``response_start`` with ``attempt``, which tells it to start over, and
+        every chunk."""
         async with self._lock:
             self.connection_id, self.reply_to = connection_id, reply_to
-            await self._send("start", self._start_frame(resumed=True), 0)
+            same = seen_attempt == self._attempt
+            await self._send("start", self._start_frame(resumed=same), 0)
             for seq, delta in self._sent:
-                if seq > last_seq:
+                if seq > (last_seq if same else -1):
                     await self._send("chunk", self._chunk_frame(delta, seq), seq)

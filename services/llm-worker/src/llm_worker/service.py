@@ -8,6 +8,9 @@ returned their requests to the queue, and acks on the old channel are impossible
 
 Controls (``chat.control``): ``cancel`` stops an answer now, except for a closed connection, which
 gets ``RESUME_GRACE`` for the client to come back with ``resume``; ``resume`` re-targets the answer.
+Every worker hears every ``resume`` and remembers the latest one per answer (``ResumeBook``): when a
+worker dies after its client moved to another connection, the redelivered request is answered on
+the connection that resumed it, not on the one named in the request.
 Dead letters (delivery limit, expiry, malformed) are recorded as failures and the client is told.
 
 On shutdown the worker stops consuming, lets in-flight answers finish within ``grace_s``, then
@@ -21,6 +24,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 import pydantic
@@ -43,6 +47,39 @@ logger = logging.getLogger(__name__)
 
 REAP_MARGIN_S = 15.0
 """seconds past a request's deadline before a question without an answer counts as lost."""
+RESUME_BOOK_SIZE = 10_000
+"""resumes remembered at most (oldest forgotten first): a few hundred bytes each."""
+
+
+class ResumeBook:
+    """The latest ``resume`` heard for each answer, for ``keep_s`` (a request's lifetime).
+
+    A redelivered request names the connection of its first attempt; the book tells where the client
+    is now. Bounded by ``RESUME_BOOK_SIZE``; expired entries are dropped as new ones come in.
+    """
+
+    def __init__(self, *, keep_s: float) -> None:
+        self._keep_s = keep_s
+        self._entries: OrderedDict[str, tuple[float, ControlMessage]] = OrderedDict()
+
+    def note(self, control: ControlMessage) -> None:
+        if control.message_id is None:
+            return
+        now = time.monotonic()
+        self._entries.pop(control.message_id, None)
+        self._entries[control.message_id] = (now + self._keep_s, control)
+        while self._entries:
+            oldest_key, (expires, _) = next(iter(self._entries.items()))
+            if expires > now and len(self._entries) <= RESUME_BOOK_SIZE:
+                break
+            del self._entries[oldest_key]
+
+    def latest(self, request: ChatRequest) -> ControlMessage | None:
+        """The last resume of ``request``'s answer by the same user, if still fresh."""
+        entry = self._entries.get(request.assistant_message_id)
+        if entry is None or entry[0] < time.monotonic() or entry[1].user_id != request.user_id:
+            return None
+        return entry[1]
 
 
 class Worker:
@@ -63,6 +100,7 @@ class Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
         """set by ``stop``: no new requests are taken."""
+        self.resumes = ResumeBook(keep_s=settings.request_timeout / 1000)
 
     @property
     def connected(self) -> bool:
@@ -150,6 +188,13 @@ class Worker:
             attempt=_attempt(message),
             publish_timeout_s=self.settings.publish_timeout / 1000,
         )
+        moved = self.resumes.latest(request)
+        if moved is not None and moved.connection_id is not None and moved.reply_to is not None:
+            # the client resumed this answer elsewhere before the previous attempt's worker died
+            logger.info(
+                "request %s: answering on connection %s, which resumed it", request.request_id, moved.connection_id
+            )
+            replies.redirect(moved.connection_id, moved.reply_to)
         try:
             if await self._settled_before(request, replies, redelivered=message.redelivered or _attempt(message) > 1):
                 await message.ack()
@@ -251,6 +296,7 @@ class Worker:
     async def _resume(self, control: ControlMessage) -> None:
         if control.message_id is None or control.connection_id is None or control.reply_to is None:
             return
+        self.resumes.note(control)
         for scope in list(self._active.values()):
             request = scope.request
             if request.assistant_message_id != control.message_id or request.user_id != control.user_id:
@@ -262,7 +308,9 @@ class Worker:
                 scope.pending_disconnect = None
             logger.info("request %s resumed on connection %s", request.request_id, control.connection_id)
             with contextlib.suppress(Exception):
-                await scope.replies.retarget(control.connection_id, control.reply_to, last_seq=control.last_seq)
+                await scope.replies.retarget(
+                    control.connection_id, control.reply_to, last_seq=control.last_seq, seen_attempt=control.attempt
+                )
             return
 
     def _on_connection_lost(self, *_args: Any) -> None:

@@ -22,7 +22,11 @@ class MonitorMetrics:
         self.live = Gauge("chat_monitor_live_instances", "Instances heard from recently", ["role"], registry=registry)
         self.silent = Gauge("chat_monitor_silent_instances", "Instances gone silent, not replaced", registry=registry)
         self.connections = Gauge("chat_monitor_connections", "Connections over all gateways", registry=registry)
-        self.users = Gauge("chat_monitor_users", "Users connected, summed over gateways", registry=registry)
+        self.users = Gauge(
+            "chat_monitor_users",
+            "Users connected: distinct across gateways with Redis, else summed over gateways",
+            registry=registry,
+        )
         self.capacity = Gauge("chat_monitor_capacity", "WS_MAX_CONNECTIONS summed over gateways", registry=registry)
         self.messages_per_minute = Gauge(
             "chat_monitor_messages_per_minute", "User messages per minute over the window", registry=registry

@@ -12,6 +12,7 @@ from chat_common.health import HealthReport
 from chat_monitor.alerts import AlertManager
 from chat_monitor.cluster import ClusterView, InstanceView
 from chat_monitor.queues import QueueState
+from chat_monitor.rules import total_users
 from chat_monitor.traces import TraceBook
 
 
@@ -77,6 +78,7 @@ def _instance(cluster: ClusterView, view: InstanceView) -> dict[str, Any]:
         document.update(
             connections=beat.connections,
             users=beat.users,
+            clusterUsers=beat.cluster_users,
             maxConnections=beat.max_connections,
             firstChunkTime=figures.percentiles(first_chunk=True),
         )
@@ -104,6 +106,7 @@ def metrics_document(
         "cluster": {
             "connections": report.total_connections,
             "users": report.total_users,
+            "usersCounted": "distinct" if total_users([v.latest for v in gateways])[1] else "per_gateway_sum",
             "capacity": sum(v.latest.max_connections for v in gateways),
             "messagesPerMinute": round(report.messages_per_minute, 2),
             "errorRate": round(report.error_rate, 4),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 
+from chat_common.envelopes import Heartbeat
 from chat_common.health import HealthReport, HealthThresholds
 from chat_monitor.cluster import ClusterView
 from chat_monitor.queues import QueueState
@@ -28,7 +29,7 @@ def cluster_health(
     figures = cluster.role_figures("gateway", now=now)
     report = HealthReport(
         total_connections=sum(g.connections for g in gateways),
-        total_users=sum(g.users for g in gateways),
+        total_users=total_users(gateways)[0],
         messages_per_minute=figures.per_minute(cluster.window_s),
         average_response_ms=figures.average_ms,
         error_rate=figures.error_rate,
@@ -56,6 +57,21 @@ def cluster_health(
                 key=f"memory:{beat.instance_id}",
             )
     return report
+
+
+def total_users(gateways: list[Heartbeat]) -> tuple[int, bool]:
+    """Users connected to the cluster, and whether the figure is exact.
+
+    When every live gateway counts the cluster's distinct users in Redis (``REDIS_URL`` set and
+    reachable), the figure is that count, taken from the most recent heartbeat: a user connected to
+    two gateways counts once. Otherwise it is the sum of each gateway's users, which counts such a
+    user once per gateway (an upper bound).
+    """
+    if gateways and all(g.cluster_users is not None for g in gateways):
+        newest = max(gateways, key=lambda g: g.timestamp_ms)
+        assert newest.cluster_users is not None
+        return newest.cluster_users, True
+    return sum(g.users for g in gateways), False
 
 
 def _check_queues(report: HealthReport, queues: QueueState, thresholds: HealthThresholds, *, now: float) -> None:
