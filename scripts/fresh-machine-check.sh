@@ -9,9 +9,9 @@
 #            (copy the working tree with uncommitted changes instead of the committed HEAD)
 #
 # 1. debootstrap --variant=minbase bookworm from the mirror apt already uses, with python3 and
-#    ca-certificates; then Debian's rabbitmq-server and postgresql (its default pg_hba.conf: peer on the
-#    socket, scram-sha-256 over TCP), and redis-server only with --redis. Nothing else: no pip, no venv,
-#    no uv, no curl, no git. These installs are the machine's own set-up and use the host's network.
+#    ca-certificates (host network); then, in the namespace, Debian's rabbitmq-server and postgresql
+#    (its default pg_hba.conf: peer on the socket, scram-sha-256 over TCP), and redis-server only with
+#    --redis. Nothing else: no pip, no venv, no uv, no curl, no git.
 # 2. The repository (git archive of HEAD) is copied to /root/chat.
 # 3. In a network namespace of its own (only lo: its services cannot meet this machine's), chrooted,
 #    with a clean environment (PATH of Debian's binaries only): `bash scripts/run.sh` until it prints
@@ -74,6 +74,7 @@ cleanup() {
   if [ "$keep" = 0 ] && [ -d "$root" ] && ! grep -q " $root/" /proc/mounts; then rm -rf "$root"; fi
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 ssl_cert_file=""
 step "host tools (debootstrap)"
@@ -100,9 +101,15 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
   ssl_cert_file=/etc/ssl/certs/ca-certificates.crt
 fi
 mount -t proc proc "$root/proc"; mount --rbind /dev "$root/dev"; mount --rbind /sys "$root/sys"
+# From here on everything runs in the namespace (so that, e.g., postgresql's cluster takes port 5432
+# as on a machine of its own, not the next free one beside this host's).
+ip netns add "$netns"
+ip netns exec "$netns" ip link set lo up
+python3 "$here/scripts/fresh-machine-proxy.py" "$netns" "$proxy_port" & proxy_pid=$!
+for _ in $(seq 1 50); do ip netns exec "$netns" bash -c "exec 3<>/dev/tcp/127.0.0.1/$proxy_port" 2>/dev/null && break; sleep 0.1; done
 printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"; chmod +x "$root/usr/sbin/policy-rc.d"
 packages=(rabbitmq-server postgresql); [ "$redis" = 1 ] && packages+=(redis-server)
-chroot "$root" sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${packages[*]}" \
+in_root sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${packages[*]}" \
   >/tmp/chat-fresh-apt.log 2>&1 || { tail -20 /tmp/chat-fresh-apt.log >&2; exit 1; }
 rm -f "$root/usr/sbin/policy-rc.d"  # a stock machine has none; test.sh's ensure-*.sh bring their own
 pg_hba=$(grep -hE '^(local|host)' "$root"/etc/postgresql/*/main/pg_hba.conf | awk '{print $1"/"$NF}' | sort -u | tr '\n' ' ')
@@ -117,11 +124,6 @@ else
   git -C "$here" archive HEAD | tar -xf - -C "$root/root/chat"
 fi
 done_step "copy of the repository" "$(git -C "$here" rev-parse --short HEAD)$([ "$worktree" = 1 ] && echo ' + working tree')"
-
-ip netns add "$netns"
-ip netns exec "$netns" ip link set lo up
-python3 "$here/scripts/fresh-machine-proxy.py" "$netns" "$proxy_port" & proxy_pid=$!
-for _ in $(seq 1 50); do ip netns exec "$netns" bash -c "exec 3<>/dev/tcp/127.0.0.1/$proxy_port" 2>/dev/null && break; sleep 0.1; done
 
 step "bash scripts/run.sh (then one answer, then Ctrl-C)"
 log="$root/root/run.log"
