@@ -127,8 +127,12 @@ done_step "copy of the repository" "$(git -C "$here" rev-parse --short HEAD)$([ 
 
 step "bash scripts/run.sh (then one answer, then Ctrl-C)"
 log="$root/root/run.log"
-in_root setsid bash -c 'cd /root/chat && exec bash scripts/run.sh' >"$log" 2>&1 &
-run_pid=$!
+# run.sh leads a process group of its own (setsid), as in a terminal; Ctrl-C = SIGINT to that group
+rm -f "$root/root/run.pid"
+in_root setsid bash -c 'echo $$ >/root/run.pid; cd /root/chat && exec bash scripts/run.sh' >"$log" 2>&1 &
+job_pid=$!
+for _ in $(seq 1 100); do [ -s "$root/root/run.pid" ] && break; sleep 0.1; done
+run_pid=$(cat "$root/root/run.pid")
 ok=0
 for _ in $(seq 1 600); do
   grep -q "a token" "$log" && { ok=1; break; }
@@ -141,10 +145,10 @@ if [ "$ok" = 1 ]; then
   [ -n "$answer" ] || ok=0
 fi
 redis_line=$(grep -m1 '^  redis' "$log" | sed 's/^ *//' || true)
-kill -INT -- "-$run_pid" 2>/dev/null || kill -INT "$run_pid" 2>/dev/null
+kill -INT -- "-$run_pid" 2>/dev/null
 for _ in $(seq 1 60); do kill -0 "$run_pid" 2>/dev/null || break; sleep 1; done
 if kill -0 "$run_pid" 2>/dev/null; then ok=0; echo "run.sh did not stop on Ctrl-C" >&2; kill -KILL -- "-$run_pid" 2>/dev/null; fi
-wait "$run_pid" 2>/dev/null || true
+wait "$job_pid" 2>/dev/null || true
 if [ "$ok" = 1 ]; then
   done_step "run.sh: up, answered, stopped" "$redis_line; answer: $(echo "$answer" | tr '\n' ' ' | cut -c1-60)..."
 else

@@ -68,7 +68,7 @@ if is_local "$host"; then
     wait_for PostgreSQL "$host" "$port" "$socket_dir" || exit 1
   fi
   if [ "$user" != postgres ] && [ "$user" != - ] && [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1; then
-    as_postgres=(runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -p "$port" -d postgres)
+    as_postgres=(env -C / runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -p "$port" -d postgres)
     if [ -z "$("${as_postgres[@]}" -tAc "SELECT 1 FROM pg_roles WHERE rolname = '${user//\'/\'\'}'")" ]; then
       echo "creating PostgreSQL role $user (login, createdb: the tests make databases of their own)" >&2
       pw_clause=""
