@@ -145,9 +145,9 @@ if [ "$ok" = 1 ]; then
   [ -n "$answer" ] || ok=0
 fi
 redis_line=$(grep -m1 '^  redis' "$log" | sed 's/^ *//' || true)
-kill -INT -- "-$run_pid" 2>/dev/null
+kill -INT -- "-$run_pid" 2>/dev/null || true
 for _ in $(seq 1 60); do kill -0 "$run_pid" 2>/dev/null || break; sleep 1; done
-if kill -0 "$run_pid" 2>/dev/null; then ok=0; echo "run.sh did not stop on Ctrl-C" >&2; kill -KILL -- "-$run_pid" 2>/dev/null; fi
+if kill -0 "$run_pid" 2>/dev/null; then ok=0; echo "run.sh did not stop on Ctrl-C" >&2; kill -KILL -- "-$run_pid" 2>/dev/null || true; fi
 wait "$job_pid" 2>/dev/null || true
 if [ "$ok" = 1 ]; then
   done_step "run.sh: up, answered, stopped" "$redis_line; answer: $(echo "$answer" | tr '\n' ' ' | cut -c1-60)..."
