@@ -56,12 +56,14 @@ def main(argv: list[str]) -> int:
         return fail(f"no pinned uv {version} wheel for {machine}: install uv yourself (it must be on PATH)")
     filename, sha256 = WHEELS[version][machine]
     index = (os.environ.get("UV_INDEX_URL") or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX).rstrip("/")
-    request = urllib.request.Request(f"{index}/uv/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    # the index is https (or a file:// mirror an operator set): any scheme urllib opens is meant
+    request = urllib.request.Request(f"{index}/uv/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
             files = json.load(response)["files"]
         url = next(f["url"] for f in files if f["filename"] == filename)
-        with urllib.request.urlopen(urllib.parse.urljoin(f"{index}/uv/", url), timeout=300) as response:
+        wheel_url = urllib.parse.urljoin(f"{index}/uv/", url)
+        with urllib.request.urlopen(wheel_url, timeout=300) as response:  # noqa: S310
             wheel = response.read()
     except StopIteration:
         return fail(f"{filename} is not on {index}")

@@ -56,58 +56,87 @@ def rules(t: HealthThresholds, target: str) -> list[dict[str, Any]]:
     before = f"sum(chat_monitor_request_queue_messages offset {window})"
     return [
         alert(
-            "ChatCapacityCritical", "capacity.critical", "critical", f"{used} >= {t.capacity_critical:g}",
+            "ChatCapacityCritical",
+            "capacity.critical",
+            "critical",
+            f"{used} >= {t.capacity_critical:g}",
             f"connections at {{{{ $value | humanizePercentage }}}} of capacity (critical at {t.capacity_critical:.0%})",
         ),
         alert(
-            "ChatCapacityWarning", "capacity.warning", "warning",
+            "ChatCapacityWarning",
+            "capacity.warning",
+            "warning",
             f"{used} >= {t.capacity_warning:g} and {used} < {t.capacity_critical:g}",
             f"connections at {{{{ $value | humanizePercentage }}}} of capacity (warning at {t.capacity_warning:.0%})",
         ),
         alert(
-            "ChatResponseTimeWarning", "response_time", "warning",
+            "ChatResponseTimeWarning",
+            "response_time",
+            "warning",
             f'chat_monitor_response_seconds{{quantile="p95"}} > {t.response_p95_ms_warning / 1000:g}',
             f"p95 answer time {{{{ $value | humanizeDuration }}}} is over {t.response_p95_ms_warning:.0f} ms",
         ),
         alert(
-            "ChatErrorRateCritical", "error_rate.critical", "critical",
+            "ChatErrorRateCritical",
+            "error_rate.critical",
+            "critical",
             f"chat_monitor_error_rate >= {t.error_rate_critical:g}",
             "error rate {{ $value | humanizePercentage }}",
         ),
         alert(
-            "ChatErrorRateWarning", "error_rate.warning", "warning",
-            f"chat_monitor_error_rate > {t.error_rate_warning:g} and chat_monitor_error_rate < {t.error_rate_critical:g}",
+            "ChatErrorRateWarning",
+            "error_rate.warning",
+            "warning",
+            f"chat_monitor_error_rate > {t.error_rate_warning:g}"
+            f" and chat_monitor_error_rate < {t.error_rate_critical:g}",
             "error rate {{ $value | humanizePercentage }}",
         ),
         alert(
-            "ChatNoGateways", "no_gateways", "critical", 'chat_monitor_live_instances{role="gateway"} == 0',
+            "ChatNoGateways",
+            "no_gateways",
+            "critical",
+            'chat_monitor_live_instances{role="gateway"} == 0',
             "no live gateways",
         ),
         alert(
-            "ChatNoWorkers", "no_workers", "critical", 'chat_monitor_live_instances{role="worker"} == 0',
+            "ChatNoWorkers",
+            "no_workers",
+            "critical",
+            'chat_monitor_live_instances{role="worker"} == 0',
             "no live workers",
         ),
         alert(
-            "ChatInstanceSilent", "instance_silent", "warning", "chat_monitor_silent_instances > 0",
+            "ChatInstanceSilent",
+            "instance_silent",
+            "warning",
+            "chat_monitor_silent_instances > 0",
             "{{ $value }} instance(s) stopped sending heartbeats and were not replaced",
         ),
         alert(
-            "ChatQueueBacklogCritical", "queue_backlog.critical", "critical",
+            "ChatQueueBacklogCritical",
+            "queue_backlog.critical",
+            "critical",
             f"{backlog} > {t.queue_warning} and {backlog} > {before}",
             f"request backlog growing: {{{{ $value }}}} waiting, more than {window} ago",
         ),
         alert(
-            "ChatQueueBacklogWarning", "queue_backlog.warning", "warning",
+            "ChatQueueBacklogWarning",
+            "queue_backlog.warning",
+            "warning",
             f"{backlog} > {t.queue_warning} unless {backlog} > {before}",
             "request backlog: {{ $value }} waiting",
         ),
         alert(
-            "ChatInstanceMemory", "memory", "warning",
+            "ChatInstanceMemory",
+            "memory",
+            "warning",
             f"process_resident_memory_bytes{{{INSTANCES[target]}}} > {t.memory_warning_bytes}",
             "{{ $labels.instance }} uses {{ $value | humanize1024 }}B of memory",
         ),
         alert(
-            "ChatBrokerUnreadable", "broker", "warning",
+            "ChatBrokerUnreadable",
+            "broker",
+            "warning",
             "absent(chat_monitor_request_queue_messages) and on() chat_monitor_health_status >= 0",
             "request queue depth unknown (the monitor cannot read the broker)",
             for_="1m",
@@ -136,7 +165,11 @@ def main(argv: list[str]) -> int:
     t = thresholds()
     outputs = {COMPOSE_RULES: render(compose_document(t)), K8S_RULES: render(k8s_document(t))}
     if argv == ["--check"]:
-        stale = [str(path.relative_to(ROOT)) for path, text in outputs.items() if not path.exists() or path.read_text() != text]
+        stale = [
+            str(path.relative_to(ROOT))
+            for path, text in outputs.items()
+            if not path.exists() or path.read_text() != text
+        ]
         if stale:
             print(f"out of date: {', '.join(stale)}: run uv run python deploy/prometheus/rules.py", file=sys.stderr)
             return 1

@@ -25,7 +25,7 @@ from chat_monitor.rules import _check_queues
 from tests.deploy.support import ROOT
 
 sys.path.insert(0, str(ROOT / "deploy/prometheus"))
-import rules as generator  # noqa: E402  (deploy/prometheus/rules.py, not a package)
+import rules as generator
 
 T = generator.thresholds()
 STEP_S = 15
@@ -147,7 +147,11 @@ def promtool_test(case: State, rules: list[dict[str, Any]]) -> dict[str, Any]:
         fires = rule["labels"]["key"] in expected
         labels = {**rule["labels"], **EXTRA_LABELS.get(rule["alert"], {})}
         checks.append(
-            {"eval_time": f"{eval_s}s", "alertname": rule["alert"], "exp_alerts": [{"exp_labels": labels}] if fires else []}
+            {
+                "eval_time": f"{eval_s}s",
+                "alertname": rule["alert"],
+                "exp_alerts": [{"exp_labels": labels}] if fires else [],
+            }
         )
     return {"interval": f"{STEP_S}s", "input_series": case.series(), "alert_rule_test": checks}
 

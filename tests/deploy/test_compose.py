@@ -317,7 +317,7 @@ def test_nginx_refuses_to_start_with_dev_tokens_on_a_public_address() -> None:
     assert os.access(GUARD, os.X_OK), "the image's entrypoint runs only executable scripts"
     for overrides in ({}, {"PUBLISH_HOST": "0.0.0.0", "DEV_TOKENS_ENABLED": "false"}):
         env = service_environment(nginx, overrides)
-        for name, (role, service) in app_services().items():
+        for role, service in app_services().values():
             if role == "gateway":
                 assert env["CHAT_DEV_TOKENS_ENABLED"] == service_environment(service, overrides)["DEV_TOKENS_ENABLED"]
         assert run_guard(env["CHAT_PUBLISH_HOST"], env["CHAT_DEV_TOKENS_ENABLED"]).returncode == 0, overrides

@@ -205,7 +205,9 @@ def budget_of(deployment: dict[str, Any]) -> dict[str, Any]:
 
 def autoscaled() -> dict[str, int]:
     """Deployment name -> the floor its autoscaler (HPA or KEDA ScaledObject) keeps."""
-    floors = {hpa["spec"]["scaleTargetRef"]["name"]: hpa["spec"]["minReplicas"] for hpa in kind("HorizontalPodAutoscaler")}
+    floors = {
+        hpa["spec"]["scaleTargetRef"]["name"]: hpa["spec"]["minReplicas"] for hpa in kind("HorizontalPodAutoscaler")
+    }
     for scaled in kind("ScaledObject"):
         floors[scaled["spec"]["scaleTargetRef"]["name"]] = scaled["spec"]["minReplicaCount"]
     return floors

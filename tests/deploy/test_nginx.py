@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import os
 import re
+import shlex
 import shutil
 import signal
 import ssl
@@ -31,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.deploy.support import ROOT, load_compose, service_environment
 from tests.support.client import ChatClient, make_token
@@ -408,3 +410,145 @@ async def test_clients_through_nginx_reach_both_gateways_and_limits_hold_across_
         page = await http.get(balanced.http_url + "/chat/")
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")
+
+
+# ---------------------------------------------------------------------------------------------
+# A rolling update as compose does it: same names and port, new addresses
+# ---------------------------------------------------------------------------------------------
+
+
+class NamedNginx(Nginx):
+    """nginx in a mount namespace of its own whose /etc/hosts is the test's file: the gateways' names
+    resolve like compose's service names, and the test moves them to new addresses as compose does
+    when it recreates a container (nginx resolves upstream names when it loads its config)."""
+
+    hosts: Path
+
+    def start(self) -> None:
+        log = (self.prefix / "stdout.log").open("ab")
+        argv = " ".join(shlex.quote(word) for word in self.argv())
+        self.process = subprocess.Popen(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f"mount --bind {shlex.quote(str(self.hosts))} /etc/hosts && exec {argv}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def reload(self) -> None:
+        """The rolling update's step after each gateway: `nginx -s reload` (SIGHUP to the master),
+        done when the master has started workers with the new configuration."""
+        assert self.process is not None
+        before = self.workers()
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while not self.workers() - before:
+            assert time.monotonic() < deadline, self.error_log()
+            time.sleep(0.05)
+
+    def workers(self) -> set[int]:
+        assert self.process is not None
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == self.process.pid:
+                    found.add(int(stat.parent.name))
+        return found
+
+
+def point(hosts: Path, names: dict[str, str]) -> None:
+    """Rewrite the hosts file in place (same inode: the bind mount shows the new text)."""
+    with hosts.open("r+") as file:
+        file.truncate(0)
+        file.write("".join(f"{address} {name}\n" for name, address in names.items()))
+
+
+async def answered_through(url: str, question: str) -> str | None:
+    """One new client through nginx: the answer's text, or None when it could not get one."""
+    try:
+        async with await ChatClient.connect(url) as client:
+            joined = await client.join(make_token(f"roll-{uuid.uuid4().hex[:8]}"), "messages")
+            if joined["type"] != "chat_joined":
+                return None
+            answer = await client.ask(question)
+            return None if answer.end is None else str(answer.end["content"])
+    except (OSError, ConnectionClosed, TimeoutError, InvalidHandshake):
+        return None
+
+
+@pytest.mark.timeout(180)
+async def test_nginx_keeps_answering_while_both_gateways_are_replaced(cluster: Cluster, tmp_path: Path) -> None:
+    """compose recreates gateway-1, then gateway-2 (same name and port, a new address each); the
+    documented rolling update reloads nginx after each one, and answers keep coming back. Without the
+    reload nginx keeps the addresses it resolved at start: after both are replaced it answers 502."""
+    assert os.geteuid() == 0, "this test needs root (a mount namespace for nginx's /etc/hosts)"
+    await cluster.fake_openai()
+    await cluster.worker()
+    port = free_port()
+    address = iter(f"127.0.200.{n}" for n in range(1, 20))
+    names = {"gateway-1": next(address), "gateway-2": next(address)}
+    gateways = {name: await cluster.gateway(host=ip, gateway_port=port) for name, ip in names.items()}
+    hosts = tmp_path / "hosts"
+    hosts.write_text("")
+    point(hosts, {"localhost": "127.0.0.1", **names})
+
+    listen = free_port()
+    conf = render(f"127.0.0.1:{listen}", [f"{name}:{port}" for name in names])
+    (tmp_path / "nginx" / "conf.d").mkdir(parents=True)
+    shutil.copy(ROOT / "deploy/nginx/nginx.conf", tmp_path / "nginx/nginx.conf")
+    (tmp_path / "nginx/conf.d/chat.conf").write_text(conf)
+    nginx = NamedNginx(prefix=tmp_path / "nginx", config=tmp_path / "nginx/nginx.conf")
+    nginx.hosts = hosts
+    nginx.start()
+    url = f"ws://127.0.0.1:{listen}/ws/chat"
+    try:
+        await wait_http(f"http://127.0.0.1:{listen}/nginx-health", nginx)
+        assert await answered_through(url, "Before the update?") is not None, nginx.error_log()
+
+        async def replace(name: str) -> None:
+            await gateways[name].stop()  # `up --no-deps` stops the old container first
+            names[name] = next(address)
+            gateways[name] = await cluster.gateway(host=names[name], gateway_port=port)
+            point(hosts, {"localhost": "127.0.0.1", **names})
+
+        for name in ("gateway-1", "gateway-2"):
+            await replace(name)
+            # between the recreate and the reload nginx still has the old address: it tries the other
+            assert await answered_through(url, f"While {name} is replaced?") is not None, nginx.error_log()
+            nginx.reload()
+            for n in range(3):
+                text = await answered_through(url, f"After {name} was replaced, {n}?")
+                assert text is not None, nginx.error_log()
+                assert f"After {name} was replaced, {n}?" in text
+        # the answers after the second reload came from the new processes (the old ones are gone)
+        assert sum([await requests_seen(gateway) for gateway in gateways.values()]) >= 3
+
+        # the old procedure, without the reload: both names move again and nginx has only dead addresses
+        for name in ("gateway-1", "gateway-2"):
+            await replace(name)
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.get(f"http://127.0.0.1:{listen}/api/websocket/health")
+        assert response.status_code == 502, "nginx without a reload must be on the dead addresses"
+        nginx.reload()
+        assert await answered_through(url, "And after a reload?") is not None, nginx.error_log()
+    finally:
+        nginx.stop()
+
+
+async def requests_seen(gateway: ServiceProcess) -> int:
+    """Chat requests this gateway has published since it started (from its Prometheus metrics)."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(gateway.extra["http_url"] + "/metrics")).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("chat_gateway_requests_total"):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
