@@ -10,8 +10,8 @@
 # replays this with a real nginx.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-docker compose up -d --build --no-deps --wait llm-worker
+docker compose up -d --build --wait --no-deps llm-worker
 for gateway in ${GATEWAYS:-gateway-1 gateway-2}; do
-  docker compose up -d --build --no-deps --wait "$gateway"   # --wait: until its HEALTHCHECK passes
+  docker compose up -d --build --wait --no-deps "$gateway"   # --wait: until its HEALTHCHECK passes
   docker compose exec -T nginx nginx -s reload
 done
