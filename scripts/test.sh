@@ -16,6 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 1
 fi
 bash scripts/bootstrap.sh
+export PATH="$PWD/.tools/bin:$PATH"  # the uv bootstrap chose: the image-build tests run it
 bash scripts/ensure-redis.sh
 export DATABASE_URL="${DATABASE_URL:-postgresql://chat:chat@localhost:5432/chat}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
