@@ -71,7 +71,7 @@ cleanup() {
   [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null
   for m in dev/pts dev/shm dev sys proc; do mountpoint -q "$root/$m" 2>/dev/null && umount -l "$root/$m"; done
   ip netns del "$netns" 2>/dev/null
-  if [ "$keep" = 0 ] && [ -d "$root" ] && ! grep -q " $root/" /proc/mounts; then rm -rf "$root"; fi
+  if [ "$keep" = 0 ] && [ -d "$root" ] && ! grep -q " $root/" /proc/mounts; then rm -rf --one-file-system "$root"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -93,7 +93,9 @@ step "machine set-up: Debian's rabbitmq-server, postgresql$([ "$redis" = 1 ] && 
 # what the Debian installer writes and debootstrap leaves out: RabbitMQ's node name needs the host name
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$(hostname)" >"$root/etc/hosts"
 hostname >"$root/etc/hostname"
-cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/" 2>/dev/null || true
+if [ -f /etc/apt/sources.list.d/debian.sources ]; then  # with -updates and -security, as the host has
+  cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/" && rm -f "$root/etc/apt/sources.list"
+fi
 for f in /etc/apt/apt.conf.d/*; do grep -q '^Acquire::' "$f" 2>/dev/null && cp "$f" "$root/etc/apt/apt.conf.d/"; done
 if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
   cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"

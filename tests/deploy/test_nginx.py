@@ -482,15 +482,21 @@ async def answered_through(url: str, question: str) -> str | None:
 
 
 @pytest.mark.timeout(180)
-async def test_nginx_keeps_answering_while_both_gateways_are_replaced(cluster: Cluster, tmp_path: Path) -> None:
+async def test_nginx_keeps_answering_while_both_gateways_are_replaced(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """compose recreates gateway-1, then gateway-2 (same name and port, a new address each); the
     documented rolling update reloads nginx after each one, and answers keep coming back. Without the
     reload nginx keeps the addresses it resolved at start: after both are replaced it answers 502."""
     assert os.geteuid() == 0, "this test needs root (a mount namespace for nginx's /etc/hosts)"
+    addresses = [f"127.0.200.{n}" for n in range(1, 20)]
+    # behind an HTTP proxy (http_proxy set), httpx's NO_PROXY takes addresses, not 127.0.0.0/8
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, ",".join(filter(None, [os.environ.get(name, ""), *addresses])))
     await cluster.fake_openai()
     await cluster.worker()
     port = free_port()
-    address = iter(f"127.0.200.{n}" for n in range(1, 20))
+    address = iter(addresses)
     names = {"gateway-1": next(address), "gateway-2": next(address)}
     gateways = {name: await cluster.gateway(host=ip, gateway_port=port) for name, ip in names.items()}
     hosts = tmp_path / "hosts"
