@@ -70,8 +70,9 @@ cleanup() {
   done
   [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null && wait "$proxy_pid" 2>/dev/null
   for m in dev/pts dev/shm dev sys proc; do mountpoint -q "$root/$m" 2>/dev/null && umount -l "$root/$m"; done
+  mountpoint -q "$root" 2>/dev/null && umount -l "$root"
   ip netns del "$netns" 2>/dev/null
-  if [ "$keep" = 0 ] && [ -d "$root" ] && ! grep -q " $root/" /proc/mounts; then rm -rf --one-file-system "$root"; fi
+  if [ "$keep" = 0 ] && [ -d "$root" ] && ! grep -qE " $root(/| )" /proc/mounts; then rm -rf --one-file-system "$root"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -102,6 +103,8 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
   chroot "$root" update-ca-certificates >/dev/null 2>&1
   ssl_cert_file=/etc/ssl/certs/ca-certificates.crt
 fi
+# a machine's / is a mount point (a bare chroot's is not, and `unshare --propagation` needs one)
+mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"; mount --rbind /dev "$root/dev"; mount --rbind /sys "$root/sys"
 # From here on everything runs in the namespace (so that, e.g., postgresql's cluster takes port 5432
 # as on a machine of its own, not the next free one beside this host's).
