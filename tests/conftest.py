@@ -13,6 +13,7 @@ from tests.support.cluster import Cluster, isolated_cluster
 from tests.support.processes import ServiceProcess
 from tests.support.services import (
     Services,
+    database_base_url,
     drop_database,
     drop_vhost,
     make_database,
@@ -24,7 +25,7 @@ from tests.support.services import (
 @pytest.fixture(scope="session")
 async def services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Services]:
     amqp = service_url("amqp", "AMQP_URL", "amqp://guest:guest@localhost:5672/", 5672)
-    database = service_url("postgres", "DATABASE_URL", "postgresql://postgres@localhost:5432/postgres", 5432)
+    database = await database_base_url()
     redis = service_url("redis", "REDIS_URL", "redis://localhost:6379/0", 6379)
     amqp_url, vhost = make_vhost(amqp)
     database_url, name = await make_database(database)

@@ -7,7 +7,9 @@ keys, ``${VAR:-default}`` interpolation) and check each reference against what i
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +23,7 @@ from tests.deploy.support import (
     ROOT,
     SERVICES,
     default_of,
+    interpolate,
     interpolation_names,
     is_service_env,
     load_compose,
@@ -238,8 +241,12 @@ def test_prometheus_and_grafana_are_an_optional_profile_with_the_dashboard_provi
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
     static = [t for job in jobs.values() for sc in job.get("static_configs", []) for t in sc["targets"]]
     apps = app_services()
+    assert jobs["rabbitmq"]["static_configs"][0]["targets"] == ["rabbitmq:15692"], "RabbitMQ's own metrics"
+    assert "15692" in [str(p) for p in services["rabbitmq"]["expose"]]
     for target in static:
         host, port = target.split(":")
+        if host == "rabbitmq":
+            continue
         role, service = apps[host]
         setting = str(SERVICES[role]["port"]).upper()
         assert int(port) == int(service_environment(service, NO_ENV).get(setting, default_of(setting)))
@@ -264,6 +271,63 @@ def test_prometheus_and_grafana_are_an_optional_profile_with_the_dashboard_provi
         for panel in dashboard["panels"]:
             source = panel.get("datasource") or {}
             assert source.get("uid", datasource["uid"]) in (datasource["uid"], "-- Grafana --", "${datasource}")
+
+
+def published(env: dict[str, str]) -> dict[str, list[str]]:
+    """Every service's published ports as compose reads them: ``[HOST_IP:]HOST_PORT:CONTAINER_PORT``."""
+    found = {}
+    for name, service in COMPOSE["services"].items():
+        ports = [interpolate(str(spec), env) for spec in service.get("ports", [])]
+        for spec in ports:
+            assert "-" not in spec, f"{name}: {spec}: a port range is not read here"
+        found[name] = ports
+    return found
+
+
+def test_compose_publishes_nothing_on_all_interfaces_by_default() -> None:
+    """Dev tokens, the RabbitMQ UI (chat/chat), the monitor and OTLP: this machine only, unless asked."""
+    by_default = published(NO_ENV)
+    assert sum(len(ports) for ports in by_default.values()) >= 7
+    for name, ports in by_default.items():
+        for spec in ports:
+            parts = spec.split(":")
+            assert len(parts) == 3, f"{name}: {spec} has no host address: Docker binds it on 0.0.0.0"
+            assert parts[0] == "127.0.0.1", f"{name}: {spec}"
+    # one variable opens them all, for an operator who means it
+    opened = published({"PUBLISH_HOST": "0.0.0.0"})
+    assert all(spec.startswith("0.0.0.0:") for ports in opened.values() for spec in ports)
+
+
+GUARD = ROOT / "deploy/nginx/10-chat-publish-guard.sh"
+
+
+def run_guard(host: str | None, dev_tokens: str | None) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin"}
+    if host is not None:
+        env["CHAT_PUBLISH_HOST"] = host
+    if dev_tokens is not None:
+        env["CHAT_DEV_TOKENS_ENABLED"] = dev_tokens
+    return subprocess.run(["sh", str(GUARD)], env=env, capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_nginx_refuses_to_start_with_dev_tokens_on_a_public_address() -> None:
+    nginx = COMPOSE["services"]["nginx"]
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in nginx["volumes"]}
+    assert mounts["/docker-entrypoint.d/10-chat-publish-guard.sh"] == "./deploy/nginx/10-chat-publish-guard.sh"
+    assert os.access(GUARD, os.X_OK), "the image's entrypoint runs only executable scripts"
+    for overrides in ({}, {"PUBLISH_HOST": "0.0.0.0", "DEV_TOKENS_ENABLED": "false"}):
+        env = service_environment(nginx, overrides)
+        for role, service in app_services().values():
+            if role == "gateway":
+                assert env["CHAT_DEV_TOKENS_ENABLED"] == service_environment(service, overrides)["DEV_TOKENS_ENABLED"]
+        assert run_guard(env["CHAT_PUBLISH_HOST"], env["CHAT_DEV_TOKENS_ENABLED"]).returncode == 0, overrides
+
+    refused = run_guard("0.0.0.0", "true")
+    assert refused.returncode == 1
+    assert "DEV_TOKENS_ENABLED=false" in refused.stderr
+    assert run_guard("203.0.113.7", "TRUE").returncode == 1
+    assert run_guard("::1", "true").returncode == 0
+    assert run_guard(None, None).returncode == 0
 
 
 def test_stop_grace_periods_cover_graceful_shutdown() -> None:

@@ -187,8 +187,110 @@ def test_gateways_autoscale_and_keep_capacity_during_rollouts() -> None:
     assert hpa["spec"]["scaleTargetRef"]["name"] == gateway["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] >= 2
     assert gateway["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    (pdb,) = kind("PodDisruptionBudget")
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
+    assert budget_of(gateway)["spec"]["maxUnavailable"] == 1
+
+
+def selects(selector: dict[str, Any], deployment: dict[str, Any]) -> bool:
+    return bool(selector["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items())
+
+
+def budget_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    (budget,) = [pdb for pdb in kind("PodDisruptionBudget") if selects(pdb["spec"]["selector"], deployment)]
+    return budget
+
+
+def autoscaled() -> dict[str, int]:
+    """Deployment name -> the floor its autoscaler (HPA or KEDA ScaledObject) keeps."""
+    floors = {
+        hpa["spec"]["scaleTargetRef"]["name"]: hpa["spec"]["minReplicas"] for hpa in kind("HorizontalPodAutoscaler")
+    }
+    for scaled in kind("ScaledObject"):
+        floors[scaled["spec"]["scaleTargetRef"]["name"]] = scaled["spec"]["minReplicaCount"]
+    return floors
+
+
+def test_no_replicas_under_an_autoscaler() -> None:
+    """`kubectl apply -k` would reset an autoscaled count to spec.replicas, cutting pods mid-day."""
+    floors = autoscaled()
+    assert set(floors) == {deployment_of("gateway")["metadata"]["name"], deployment_of("worker")["metadata"]["name"]}
+    for deployment in kind("Deployment"):
+        name = deployment["metadata"]["name"]
+        if name in floors:
+            assert "replicas" not in deployment["spec"], f"{name} is autoscaled: drop spec.replicas"
+            assert floors[name] >= 1
+        else:
+            assert deployment["spec"].get("replicas", 1) == 1, name
+
+
+def test_every_deployment_has_a_disruption_budget_that_lets_drains_proceed() -> None:
+    floors = autoscaled()
+    for deployment in kind("Deployment"):
+        spec = budget_of(deployment)["spec"]
+        floor = floors.get(deployment["metadata"]["name"], deployment["spec"].get("replicas", 1))
+        if "minAvailable" in spec:
+            assert int(spec["minAvailable"]) < floor, "a budget nobody can satisfy blocks node drains for good"
+        else:
+            assert int(spec["maxUnavailable"]) >= 1
+
+
+@pytest.mark.parametrize("role", ["gateway", "worker"])
+def test_scaled_pods_spread_over_zones_and_nodes(role: str) -> None:
+    deployment = deployment_of(role)
+    constraints = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    keys = {c["topologyKey"] for c in constraints}
+    assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    for constraint in constraints:
+        assert selects(constraint["labelSelector"], deployment)
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway", "a hard rule leaves pods pending on small clusters"
+        assert constraint["maxSkew"] == 1
+
+
+def test_only_the_ingress_and_prometheus_reach_the_gateways() -> None:
+    gateway = deployment_of("gateway")
+    (policy,) = [p for p in kind("NetworkPolicy") if selects(p["spec"]["podSelector"], gateway)]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    names = {port["name"] for port in container(gateway)["ports"]}
+    allowed: set[str] = set()
+    for rule in policy["spec"]["ingress"]:
+        assert rule.get("from"), "a rule without 'from' admits every pod in the cluster"
+        for peer in rule["from"]:
+            assert set(peer) == {"namespaceSelector"}, peer
+            selector = peer["namespaceSelector"]
+            for expression in selector.get("matchExpressions", []):
+                assert expression["key"] == "kubernetes.io/metadata.name"
+                assert expression["operator"] == "In"
+                allowed.update(expression["values"])
+            allowed.update(v for k, v in selector.get("matchLabels", {}).items() if k == "kubernetes.io/metadata.name")
+        assert {port["port"] for port in rule["ports"]} <= names
+    assert "ingress-nginx" in allowed
+    assert "monitoring" in allowed
+
+
+def test_httproute_routes_like_the_ingress() -> None:
+    (route,) = load_yaml_documents(K8S / "httproute.yaml")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["kind"] == "HTTPRoute"
+    assert "httproute.yaml" not in KUSTOMIZATION["resources"], "it needs the Gateway API CRDs: applied separately"
+    (ingress,) = kind("Ingress")
+    assert route["spec"]["hostnames"] == [rule["host"] for rule in ingress["spec"]["rules"]]
+    by_ingress = {
+        (path["path"], path["pathType"]): path["backend"]["service"]
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+    kinds = {"Prefix": "PathPrefix", "Exact": "Exact"}
+    routed = {}
+    for rule in route["spec"]["rules"]:
+        (match,) = rule["matches"]
+        (backend,) = rule["backendRefs"]
+        routed[(match["path"]["value"], match["path"]["type"])] = backend
+    assert set(routed) == {(path, kinds[path_type]) for path, path_type in by_ingress}
+    for (path, path_type), service in by_ingress.items():
+        backend = routed[(path, kinds[path_type])]
+        assert backend["name"] == service["name"]
+        svc = named("Service", service["name"])
+        (port,) = [p for p in svc["spec"]["ports"] if p["name"] == service["port"]["name"]]
+        assert backend["port"] == port["port"]
 
 
 def test_termination_grace_matches_graceful_shutdown() -> None:

@@ -2,9 +2,9 @@
 
 nginx runs as a plain process on free ports with the repository's nginx.conf and chat.conf rendered
 from the same template (by render.py, as an operator would), TLS block uncommented with a throwaway
-certificate. Clients connect from different 127.0.X.1 source addresses so that ip_hash (which uses
-the first three octets) spreads them over both gateways; the per-user limits must hold across the
-two because both gateways share Redis (REDIS_URL).
+certificate. nginx balances by open connections (least_conn); clients connect from their own
+127.0.X.1 source addresses, which the gateways must see (X-Forwarded-For) for the per-address limit;
+the per-user limits must hold across the two because both gateways share Redis (REDIS_URL).
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import os
 import re
+import shlex
 import shutil
 import signal
 import ssl
@@ -31,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.deploy.support import ROOT, load_compose, service_environment
 from tests.support.client import ChatClient, make_token
@@ -157,7 +159,9 @@ def test_rendered_config_passes_nginx_t_as_shipped_and_with_tls(tmp_path: Path) 
     result = tls.test_config()
     assert result.returncode == 0, result.stderr
 
-    broken = prepare(tmp_path / "broken", render("127.0.0.1:18081", ["127.0.0.1:13000"]).replace("ip_hash;", "ip_hash"))
+    broken = prepare(
+        tmp_path / "broken", render("127.0.0.1:18081", ["127.0.0.1:13000"]).replace("least_conn;", "least_conn")
+    )
     assert broken.test_config().returncode != 0, "nginx -t must reject a broken file (the check is real)"
 
 
@@ -268,33 +272,28 @@ async def connect_from(url: str, source: str) -> ChatClient:
     return await ChatClient.connect(url, local_addr=(source, 0))
 
 
-async def route_sources(setup: Balanced, per_gateway: int = 2) -> list[list[str]]:
-    """Source addresses that nginx sends to each gateway (seen in the gateways' own connection counts).
+async def placed(setup: Balanced, source: str) -> tuple[ChatClient, int]:
+    """A new socket through nginx from ``source`` and the gateway it landed on (seen in the gateways'
+    own connection counts; the test opens one socket at a time)."""
+    before = [await connections(gw) for gw in setup.gateways]
+    client = await connect_from(setup.ws_url, source)
+    for _ in range(100):
+        after = [await connections(gw) for gw in setup.gateways]
+        grown = [i for i in range(len(after)) if after[i] > before[i]]
+        if grown:
+            return client, grown[0]
+        await asyncio.sleep(0.05)
+    await client.close()
+    raise AssertionError(f"no gateway counted the socket from {source}")
 
-    The probe sockets stay open, unauthenticated, until all are placed: with
-    WS_MAX_UNAUTHENTICATED_PER_ADDRESS=2 that only works if each gateway sees the client's own
-    address (nginx's X-Forwarded-For), not nginx's.
-    """
-    chosen: list[list[str]] = [[] for _ in setup.gateways]
-    held: list[ChatClient] = []
-    try:
-        for octet in range(1, 33):
-            source = f"127.0.{octet}.1"
-            before = [await connections(gw) for gw in setup.gateways]
-            held.append(await connect_from(setup.ws_url, source))
-            for _ in range(50):
-                after = [await connections(gw) for gw in setup.gateways]
-                grown = [i for i in range(len(after)) if after[i] > before[i]]
-                if grown:
-                    chosen[grown[0]].append(source)
-                    break
-                await asyncio.sleep(0.05)
-            if all(len(sources) >= per_gateway for sources in chosen):
-                return chosen
-    finally:
-        for client in held:
-            await client.close()
-    raise AssertionError(f"ip_hash spread 32 source networks as {chosen}")
+
+async def settled(setup: Balanced, total: int) -> None:
+    """Wait (bounded) until the gateways together count ``total`` sockets: closes have landed."""
+    for _ in range(100):
+        if sum([await connections(gw) for gw in setup.gateways]) == total:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the gateways never settled at {total} sockets")
 
 
 async def closed_with(client: ChatClient) -> int | None:
@@ -306,76 +305,75 @@ async def closed_with(client: ChatClient) -> int | None:
 
 @pytest.mark.timeout(120)
 async def test_clients_through_nginx_reach_both_gateways_and_limits_hold_across_them(balanced: Balanced) -> None:
-    """Answers via each gateway, cluster-wide connection and rate limits, then wss and the HTTP API."""
-    sources = await route_sources(balanced)
-    via_a, via_b = sources[0][0], sources[1][0]
+    """least_conn spreads even one address's sockets; answers via each gateway; the per-address limit
+    (per gateway, on the client's own address), the per-user connection and rate limits (cluster-wide
+    through Redis); then wss and the HTTP API."""
     user = f"lb-{uuid.uuid4().hex[:8]}"
 
-    # answers come back through nginx from each gateway
-    for source in (via_a, via_b):
-        async with await connect_from(balanced.ws_url, source) as client:
+    # least_conn: two sockets from one address land on both gateways (ip_hash would put both on one)
+    first, on_first = await placed(balanced, "127.0.1.1")
+    second, on_second = await placed(balanced, "127.0.1.1")
+    try:
+        assert {on_first, on_second} == {0, 1}, "the balancer is not spreading by open connections"
+        # answers come back through nginx from each gateway
+        for client in (first, second):
             joined = await client.join(make_token(f"{user}-ask"), "messages")
             assert joined["type"] == "chat_joined", joined
-            answer = await client.ask(f"Through nginx from {source}?")
+            answer = await client.ask(f"Through nginx via gateway {on_first if client is first else on_second}?")
             assert answer.error is None, answer.error
             assert answer.end is not None
-            assert f"Through nginx from {source}?" in answer.end["content"]
+            assert "Through nginx via gateway" in answer.end["content"]
+    finally:
+        await first.close()
+        await second.close()
+    await settled(balanced, 0)
 
-    # the gateway limits sockets waiting to authenticate per *client* address (X-Forwarded-For):
-    # a third from one address is refused, while another address on the same gateway is not
-    gateway_a = balanced.gateways[0]
-    base = await connections(gateway_a)
-    waiting = [await connect_from(balanced.ws_url, via_a), await connect_from(balanced.ws_url, via_a)]
+    # sockets waiting to authenticate are limited per *client* address (X-Forwarded-For) on each
+    # gateway: 2 per gateway from one address, the fifth is refused wherever it lands, while another
+    # address is not
+    waiting = [(await placed(balanced, "127.0.2.1"))[0] for _ in range(4)]
     try:
-        for _ in range(100):
-            if await connections(gateway_a) >= base + 2:
-                break
-            await asyncio.sleep(0.05)
-        third = await connect_from(balanced.ws_url, via_a)
+        third = await connect_from(balanced.ws_url, "127.0.2.1")
         refused = await third.recv()
         assert refused["data"]["code"] == "TOO_MANY_CONNECTIONS", refused
         assert await closed_with(third) == 1008
-        async with await connect_from(balanced.ws_url, sources[0][1]) as neighbour:
+        async with await connect_from(balanced.ws_url, "127.0.3.1") as neighbour:
             joined = await neighbour.join(make_token(f"{user}-neighbour"), "messages")
             assert joined["type"] == "chat_joined", joined
     finally:
         for client in waiting:
             await client.close()
+    await settled(balanced, 0)
 
-    # WS_MAX_CONNECTIONS_PER_USER=3 over both gateways: two on A, one on B, the fourth is refused on B
+    # WS_MAX_CONNECTIONS_PER_USER=3 over both gateways: the fourth is refused wherever it lands
     token = make_token(user)
-    held = [
-        await connect_from(balanced.ws_url, via_a),
-        await connect_from(balanced.ws_url, via_b),
-        await connect_from(balanced.ws_url, via_a),
-    ]
+    held = [await placed(balanced, f"127.0.{4 + n}.1") for n in range(3)]
     try:
-        for client in held:
+        for client, _ in held:
             assert (await client.join(token, "messages"))["type"] == "chat_joined"
-        assert [await connections(gw) for gw in balanced.gateways] == [2, 1]
-        extra = await connect_from(balanced.ws_url, via_b)
+        assert {gateway for _, gateway in held} == {0, 1}, "the user's sockets are on both gateways"
+        extra = await connect_from(balanced.ws_url, "127.0.8.1")
         refused = await extra.join(token, "messages")
         assert refused["type"] == "error", refused
         assert refused["data"]["code"] == "TOO_MANY_CONNECTIONS"
         assert await closed_with(extra) == 1008, "the close code passes through nginx"
 
-        # a slot freed on gateway A is usable on gateway B
-        await held.pop(0).close()
+        # a freed slot is usable again (the count lives in Redis, not on one gateway)
+        await held.pop(0)[0].close()
         deadline = time.monotonic() + 10
         while True:
-            retry = await connect_from(balanced.ws_url, via_b)
+            retry, gateway = await placed(balanced, "127.0.9.1")
             joined = await retry.join(token, "messages")
             if joined["type"] == "chat_joined" or time.monotonic() > deadline:
                 break
             await retry.close()
             await asyncio.sleep(0.2)
         assert joined["type"] == "chat_joined", joined
-        held.append(retry)
+        held.append((retry, gateway))
 
-        # WS_RATE_LIMIT_MAX_MESSAGES=4 per user over both gateways: 2 on A + 2 on B, the fifth is limited
-        on_b, on_a = held[0], held[1]  # held: B, A, then the retry on B
-        assert on_a.ws.local_address[0] == via_a
-        assert on_b.ws.local_address[0] == via_b
+        # WS_RATE_LIMIT_MAX_MESSAGES=4 per user over both gateways: 2 on each, the fifth is limited
+        on_a = next(client for client, gw in held if gw == 0)
+        on_b = next(client for client, gw in held if gw == 1)
         for client in (on_a, on_b, on_a, on_b):
             answer = await client.ask("Is a verbal contract binding?")
             assert answer.error is None, answer.error
@@ -387,7 +385,7 @@ async def test_clients_through_nginx_reach_both_gateways_and_limits_hold_across_
         assert limited_b.error is not None
         assert limited_b.error["code"] == "RATE_LIMITED"
     finally:
-        for client in held:
+        for client, _ in held:
             await client.close()
 
     # wss: the template's TLS block, uncommented, terminates TLS for the same gateways
@@ -408,3 +406,152 @@ async def test_clients_through_nginx_reach_both_gateways_and_limits_hold_across_
         page = await http.get(balanced.http_url + "/chat/")
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")
+
+
+# ---------------------------------------------------------------------------------------------
+# A rolling update as compose does it: same names and port, new addresses
+# ---------------------------------------------------------------------------------------------
+
+
+class NamedNginx(Nginx):
+    """nginx in a mount namespace of its own whose /etc/hosts is the test's file: the gateways' names
+    resolve like compose's service names, and the test moves them to new addresses as compose does
+    when it recreates a container (nginx resolves upstream names when it loads its config)."""
+
+    hosts: Path
+
+    def start(self) -> None:
+        log = (self.prefix / "stdout.log").open("ab")
+        argv = " ".join(shlex.quote(word) for word in self.argv())
+        self.process = subprocess.Popen(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f"mount --bind {shlex.quote(str(self.hosts))} /etc/hosts && exec {argv}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def reload(self) -> None:
+        """The rolling update's step after each gateway: `nginx -s reload` (SIGHUP to the master).
+        Done when the workers of the old configuration are gone (the test has closed its sockets, so
+        they exit at once; until then one of them may still accept a new connection)."""
+        assert self.process is not None
+        before = self.workers()
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while not self.workers() - before or self.workers() & before:
+            assert time.monotonic() < deadline, self.error_log()
+            time.sleep(0.05)
+
+    def workers(self) -> set[int]:
+        assert self.process is not None
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == self.process.pid:
+                    found.add(int(stat.parent.name))
+        return found
+
+
+def point(hosts: Path, names: dict[str, str]) -> None:
+    """Rewrite the hosts file in place (same inode: the bind mount shows the new text)."""
+    with hosts.open("r+") as file:
+        file.truncate(0)
+        file.write("".join(f"{address} {name}\n" for name, address in names.items()))
+
+
+async def answered_through(url: str, question: str) -> str | None:
+    """One new client through nginx: the answer's text, or None when it could not get one."""
+    try:
+        async with await ChatClient.connect(url) as client:
+            joined = await client.join(make_token(f"roll-{uuid.uuid4().hex[:8]}"), "messages")
+            if joined["type"] != "chat_joined":
+                return None
+            answer = await client.ask(question)
+            return None if answer.end is None else str(answer.end["content"])
+    except (OSError, ConnectionClosed, TimeoutError, InvalidHandshake):
+        return None
+
+
+@pytest.mark.timeout(180)
+async def test_nginx_keeps_answering_while_both_gateways_are_replaced(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compose recreates gateway-1, then gateway-2 (same name and port, a new address each); the
+    documented rolling update reloads nginx after each one, and answers keep coming back. Without the
+    reload nginx keeps the addresses it resolved at start: after both are replaced it answers 502."""
+    assert os.geteuid() == 0, "this test needs root (a mount namespace for nginx's /etc/hosts)"
+    addresses = [f"127.0.200.{n}" for n in range(1, 20)]
+    # behind an HTTP proxy (http_proxy set), httpx's NO_PROXY takes addresses, not 127.0.0.0/8
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, ",".join(filter(None, [os.environ.get(name, ""), *addresses])))
+    await cluster.fake_openai()
+    await cluster.worker()
+    port = free_port()
+    address = iter(addresses)
+    names = {"gateway-1": next(address), "gateway-2": next(address)}
+    gateways = {name: await cluster.gateway(host=ip, gateway_port=port) for name, ip in names.items()}
+    hosts = tmp_path / "hosts"
+    hosts.write_text("")
+    point(hosts, {"localhost": "127.0.0.1", **names})
+
+    listen = free_port()
+    conf = render(f"127.0.0.1:{listen}", [f"{name}:{port}" for name in names])
+    (tmp_path / "nginx" / "conf.d").mkdir(parents=True)
+    shutil.copy(ROOT / "deploy/nginx/nginx.conf", tmp_path / "nginx/nginx.conf")
+    (tmp_path / "nginx/conf.d/chat.conf").write_text(conf)
+    nginx = NamedNginx(prefix=tmp_path / "nginx", config=tmp_path / "nginx/nginx.conf")
+    nginx.hosts = hosts
+    nginx.start()
+    url = f"ws://127.0.0.1:{listen}/ws/chat"
+    try:
+        await wait_http(f"http://127.0.0.1:{listen}/nginx-health", nginx)
+        assert await answered_through(url, "Before the update?") is not None, nginx.error_log()
+
+        async def replace(name: str) -> None:
+            await gateways[name].stop()  # `up --no-deps` stops the old container first
+            names[name] = next(address)
+            gateways[name] = await cluster.gateway(host=names[name], gateway_port=port)
+            point(hosts, {"localhost": "127.0.0.1", **names})
+
+        for name in ("gateway-1", "gateway-2"):
+            await replace(name)
+            # between the recreate and the reload nginx still has the old address: it tries the other
+            assert await answered_through(url, f"While {name} is replaced?") is not None, nginx.error_log()
+            nginx.reload()
+            for n in range(3):
+                text = await answered_through(url, f"After {name} was replaced, {n}?")
+                assert text is not None, nginx.error_log()
+                assert f"After {name} was replaced, {n}?" in text
+        # the answers after the second reload came from the new processes (the old ones are gone)
+        assert sum([await requests_seen(gateway) for gateway in gateways.values()]) >= 3
+
+        # the old procedure, without the reload: both names move again and nginx has only dead addresses
+        for name in ("gateway-1", "gateway-2"):
+            await replace(name)
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.get(f"http://127.0.0.1:{listen}/api/websocket/health")
+        assert response.status_code == 502, "nginx without a reload must be on the dead addresses"
+        nginx.reload()
+        assert await answered_through(url, "And after a reload?") is not None, nginx.error_log()
+    finally:
+        nginx.stop()
+
+
+async def requests_seen(gateway: ServiceProcess) -> int:
+    """Chat requests this gateway has published since it started (from its Prometheus metrics)."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(gateway.extra["http_url"] + "/metrics")).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("chat_gateway_requests_total"):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)

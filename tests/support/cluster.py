@@ -76,16 +76,17 @@ class Cluster:
     async def gateway(self, **env: str | int) -> ServiceProcess:
         port = int(env.pop("gateway_port", free_port()))
         instance = str(env.pop("instance_id", f"gw-{uuid.uuid4().hex[:8]}"))
+        host = str(env.get("host", "127.0.0.1"))  # HOST: another loopback address, as a container's own IP
         process = self._process(
             "gateway",
             command("chat-gateway"),
             self.base_env(gateway_port=port, instance_id=instance, **env),
-            f"http://127.0.0.1:{port}/api/websocket/health",
+            f"http://{host}:{port}/api/websocket/health",
         )
         process.extra.update(
             port=str(port),
-            ws_url=f"ws://127.0.0.1:{port}/ws/chat",
-            http_url=f"http://127.0.0.1:{port}",
+            ws_url=f"ws://{host}:{port}/ws/chat",
+            http_url=f"http://{host}:{port}",
             instance_id=instance,
         )
         return await process.start(timeout=self.start_timeout)

@@ -1,6 +1,9 @@
 """The real RabbitMQ, PostgreSQL and Redis the tests use, given by URL, isolated per test session.
 
 URLs come from ``AMQP_URL``, ``DATABASE_URL`` and ``REDIS_URL`` (defaults: the local services).
+Without ``DATABASE_URL`` the local PostgreSQL is tried as the ``chat`` role that scripts/services.sh
+creates (password login over TCP, as on a stock Debian ``pg_hba.conf``), then as ``postgres`` (a
+machine whose ``pg_hba.conf`` trusts local TCP logins); the first that logs in is used.
 Where a service does not answer and a Docker engine does, testcontainers starts one; where neither
 answers, the test run fails: a missing service is an error, never a skip.
 """
@@ -62,6 +65,32 @@ def service_url(kind: str, env: str, default: str, port: int) -> str:
     if _docker_answers():
         return _container_url(kind)
     pytest.fail(f"{env}={url} does not answer and no Docker engine is available: start the service", pytrace=False)
+
+
+# The role scripts/services.sh creates (with CREATEDB: each test session makes a database of its own),
+# then the superuser where local TCP logins are trusted.
+LOCAL_DATABASE_URLS = (
+    "postgresql://chat:chat@localhost:5432/chat",
+    "postgresql://postgres@localhost:5432/postgres",
+)
+
+
+async def _logs_in(url: str) -> bool:
+    try:
+        connection = await asyncpg.connect(url, timeout=5)
+    except (OSError, TimeoutError, asyncpg.PostgresError):
+        return False
+    await connection.close()
+    return True
+
+
+async def database_base_url() -> str:
+    """The PostgreSQL the tests make their databases in: ``DATABASE_URL``, else a local one that logs in."""
+    if "DATABASE_URL" not in os.environ:
+        for url in LOCAL_DATABASE_URLS:
+            if await _logs_in(url):
+                return url
+    return service_url("postgres", "DATABASE_URL", LOCAL_DATABASE_URLS[0], 5432)
 
 
 @dataclass

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
 
     # --- infrastructure ---
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
-    database_url: str = "postgresql://postgres@localhost:5432/postgres"
+    database_url: str = "postgresql://chat:chat@localhost:5432/chat"
     redis_url: str | None = None
     redis_slot_ttl: Annotated[int, Field(ge=300)] = 30_000
     """ms a gateway's connection slots live in Redis without a refresh: how long the slots of a
