@@ -53,6 +53,8 @@ def rules(t: HealthThresholds, target: str) -> list[dict[str, Any]]:
     used = "(chat_monitor_connections / chat_monitor_capacity and chat_monitor_capacity > 0)"
     backlog = "sum(chat_monitor_request_queue_messages)"
     window = f"{t.backlog_growth_window_s:.0f}s"
+    # as the monitor: a rate over fewer than the minimum number of requests is no evidence
+    enough = f"on() chat_monitor_window_requests >= {t.error_rate_min_requests}"
     before = f"sum(chat_monitor_request_queue_messages offset {window})"
     return [
         alert(
@@ -80,7 +82,7 @@ def rules(t: HealthThresholds, target: str) -> list[dict[str, Any]]:
             "ChatErrorRateCritical",
             "error_rate.critical",
             "critical",
-            f"chat_monitor_error_rate >= {t.error_rate_critical:g}",
+            f"chat_monitor_error_rate >= {t.error_rate_critical:g} and {enough}",
             "error rate {{ $value | humanizePercentage }}",
         ),
         alert(
@@ -88,7 +90,7 @@ def rules(t: HealthThresholds, target: str) -> list[dict[str, Any]]:
             "error_rate.warning",
             "warning",
             f"chat_monitor_error_rate > {t.error_rate_warning:g}"
-            f" and chat_monitor_error_rate < {t.error_rate_critical:g}",
+            f" and chat_monitor_error_rate < {t.error_rate_critical:g} and {enough}",
             "error rate {{ $value | humanizePercentage }}",
         ),
         alert(

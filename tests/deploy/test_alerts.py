@@ -46,6 +46,7 @@ class State:
     capacity: int = 1000
     p95_s: float = 0.5
     error_rate: float = 0.0
+    window_requests: int = 100
     gateways: int = 2
     workers: int = 2
     silent: int = 0
@@ -63,6 +64,7 @@ class State:
             error_rate=self.error_rate,
             uptime_ms=0,
             p95_response_ms=self.p95_s * 1000,
+            window_requests=self.window_requests,
         ).check(capacity=self.capacity, thresholds=T)
         if not self.gateways:
             report.flag("critical", "no live gateways", key="no_gateways")
@@ -92,6 +94,7 @@ class State:
             {"series": "chat_monitor_capacity", "values": constant(self.capacity)},
             {"series": 'chat_monitor_response_seconds{quantile="p95"}', "values": constant(self.p95_s)},
             {"series": "chat_monitor_error_rate", "values": constant(self.error_rate)},
+            {"series": "chat_monitor_window_requests", "values": constant(self.window_requests)},
             {"series": 'chat_monitor_live_instances{role="gateway"}', "values": constant(self.gateways)},
             {"series": 'chat_monitor_live_instances{role="worker"}', "values": constant(self.workers)},
             {"series": "chat_monitor_silent_instances", "values": constant(self.silent)},
@@ -121,6 +124,8 @@ CASES = [
     State("errors warning", error_rate=T.error_rate_warning + 0.01),
     State("errors at the warning threshold", error_rate=T.error_rate_warning),
     State("errors critical", error_rate=T.error_rate_critical),
+    State("errors critical on too few requests", error_rate=1.0, window_requests=T.error_rate_min_requests - 1),
+    State("errors critical on just enough requests", error_rate=1.0, window_requests=T.error_rate_min_requests),
     State("no gateways", gateways=0, connections=0),
     State("no workers", workers=0),
     State("a silent instance", silent=1),

@@ -34,6 +34,11 @@ class MonitorMetrics:
         self.error_rate = Gauge(
             "chat_monitor_error_rate", "Failed requests / requests over the window", registry=registry
         )
+        self.window_requests = Gauge(
+            "chat_monitor_window_requests",
+            "Requests over the window (error-rate rules need HEALTH_ERROR_RATE_MIN_REQUESTS of them)",
+            registry=registry,
+        )
         self.response = Gauge(
             "chat_monitor_response_seconds",
             "Answer time (request to response_end) percentiles over the window",
@@ -64,6 +69,7 @@ class MonitorMetrics:
         self.capacity.set(cluster["capacity"])
         self.messages_per_minute.set(cluster["messagesPerMinute"])
         self.error_rate.set(cluster["errorRate"])
+        self.window_requests.set(cluster["windowRequests"] or 0)
         for quantile in ("p50", "p95", "p99"):
             self.response.labels(quantile).set(cluster["responseTime"][quantile] / 1000)
         for queue in document["queues"]["requestQueues"]:

@@ -110,6 +110,7 @@ def metrics_document(
             "capacity": sum(v.latest.max_connections for v in gateways),
             "messagesPerMinute": round(report.messages_per_minute, 2),
             "errorRate": round(report.error_rate, 4),
+            "windowRequests": report.window_requests,
             "averageResponseTime": round(report.average_response_ms, 1),
             "responseTime": gateway_figures.percentiles(),
             "firstChunkTime": gateway_figures.percentiles(first_chunk=True),
