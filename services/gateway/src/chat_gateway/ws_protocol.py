@@ -24,8 +24,14 @@ wait for the peer for ever. Here every write goes through ``_GuardedTransport``:
 - the socket's write buffer is bounded by ``WS_MAX_BUFFERED_BYTES``: a write that leaves more than
   that buffered (a flood of pings never read, frames the peer does not take) drops the peer;
 - writing may stay paused (the buffer over its high-water mark) for at most ``WS_SEND_TIMEOUT``;
-- a close whose bytes the peer does not take within ``WS_SEND_TIMEOUT`` (at shutdown: one second)
-  ends in an abort, as asyncio's ``close`` would otherwise keep the socket until the buffer drains.
+- the peer has ``WS_SEND_TIMEOUT`` to answer our close frame (uvicorn: 10 s), and a close whose bytes
+  it does not take within as long again (at shutdown: one second) ends in an abort, as asyncio's
+  ``close`` would otherwise keep the socket until the buffer drains.
+
+So a peer that never reads is let go at most ``2 * WS_SEND_TIMEOUT`` after the gateway decides to
+close it, and ``WS_SEND_TIMEOUT`` after its socket stopped taking our writes, whichever comes first.
+Bytes the kernel has taken (its send buffer, up to ``net.ipv4.tcp_wmem``'s maximum) are outside the
+budget: they are not the process's memory.
 
 Dropping is ``transport.abort()`` (nginx, Envoy and Centrifugo do the same); the application learns
 of it as ``websocket.disconnect`` with code 1006, and through ``Peer.on_drop``. The protocol is the
@@ -37,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from uvicorn._types import ASGIReceiveEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -183,6 +189,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.on_drop: Callable[[str], None] | None = None
         """called once when the peer is dropped (the application counts and logs it)."""
         self.close_linger_s = self.send_timeout_s
+        self.close_timeout = self.send_timeout_s  # uvicorn's wait for the peer's close frame (10 s)
         self._stall: asyncio.TimerHandle | None = None
         self._guard: _GuardedTransport | None = None
         extensions = []
@@ -202,8 +209,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     # ------------------------------------------------------------------ output limits
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._guard = _GuardedTransport(transport, self)
+        self._guard = _GuardedTransport(cast(asyncio.Transport, transport), self)  # uvloop's is no subclass
         super().connection_made(self._guard)  # type: ignore[arg-type]
 
     def handle_connect(self, event: Any) -> None:
