@@ -12,13 +12,13 @@ import time
 
 import asyncpg
 import pytest
-from websockets.exceptions import ConnectionClosed
 
 from tests.gateway.conftest import address, connect, eventually, joined, refusals, still_open, until_closed, user
+from tests.gateway.hostile import hostile_run
 from tests.support import rawws
 from tests.support.client import make_token
 from tests.support.cluster import Cluster
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, command, free_port
 
 AUTH_S, SEND_S, HANDSHAKE_S = 1.0, 2.0, 1.0
 BUDGET = 256 * 1024
@@ -61,9 +61,11 @@ async def test_a_ping_flood_that_is_never_read_loses_its_slot_in_time(
         await peer.send(rawws.text("join_chat", token=make_token(user("flood")), chatType="messages"))
     deadline = AUTH_S + 2 * SEND_S + 2  # the auth deadline, then the close: written and answered in time
     flood = asyncio.create_task(rawws.flood_pings(peer, until=time.monotonic() + deadline + 5))
-    released = await _released(hostile, [peer], timeout=deadline + 5)
-    flood.cancel()
-    peer.close()
+    try:
+        released = await _released(hostile, [peer], timeout=deadline + 5)
+    finally:
+        flood.cancel()
+        peer.close()
     assert peer.port in released, "the gateway still holds the flooding socket"
     assert released[peer.port] <= deadline
     sentinel = await joined(hostile.extra["ws_url"], make_token(user("sentinel")))
@@ -86,10 +88,12 @@ async def test_a_slow_reader_is_dropped_when_its_output_passes_the_byte_budget(
     await peer.send(rawws.text("join_chat", token=make_token(someone), chatType="messages", chatId=chat_id))
     # 30 x 200 KB asked for, nothing read: the kernel's send buffer (4 MB at most) takes the first
     # twenty, the gateway's budget (256 KB) then the next one
-    for _ in range(30):
-        await peer.send(rawws.text("switch_chat", chatId=chat_id, chatType="messages"))
-    released = await _released(hostile, [peer], timeout=SEND_S + 5)
-    peer.close()
+    try:
+        for _ in range(30):
+            await peer.send(rawws.text("switch_chat", chatId=chat_id, chatType="messages"))
+        released = await _released(hostile, [peer], timeout=SEND_S + 5)
+    finally:
+        peer.close()
     assert peer.port in released, "the gateway still holds the slow reader"
     after = await refusals(hostile.extra["http_url"])
     key = ("DROPPED", "output_budget")
@@ -142,10 +146,12 @@ async def test_a_handshake_must_complete_in_time(hostile: ServiceProcess, how: s
                 await asyncio.sleep(0.05)
 
         dribble = asyncio.create_task(one_byte_at_a_time())
-    released = await _released(hostile, [peer], timeout=HANDSHAKE_S + 5)
-    if dribble is not None:
-        dribble.cancel()
-    peer.close()
+    try:
+        released = await _released(hostile, [peer], timeout=HANDSHAKE_S + 5)
+    finally:
+        if dribble is not None:
+            dribble.cancel()
+        peer.close()
     assert peer.port in released, "the gateway still holds a socket that never completed its handshake"
     assert released[peer.port] <= HANDSHAKE_S + 2
     client = await joined(hostile.extra["ws_url"], make_token(user("after-slowloris")))
@@ -193,9 +199,11 @@ async def test_a_stuck_peer_does_not_stop_the_sweep(module_cluster: Cluster, pat
     await asyncio.sleep(2.5)
     idle = await joined(patient.extra["ws_url"], make_token(user("idle")))
     idle_since = time.monotonic()
-    ending = await until_closed(idle, timeout=10)
+    try:
+        ending = await until_closed(idle, timeout=10)
+    finally:
+        stuck.close()
     waited = time.monotonic() - idle_since
-    stuck.close()
     assert ending.code == 1000, "the idle client was not swept"
     assert waited <= 1.5 + 0.3 + 2  # WS_INACTIVE_TIMEOUT + WS_CLEANUP_INTERVAL + 2 s
 
@@ -210,9 +218,11 @@ async def test_a_stuck_peer_does_not_hold_up_sigterm(module_cluster: Cluster, pa
     await still_open(calm)
     started = time.monotonic()
     patient.signal(signal.SIGTERM)
-    code = await patient.wait_exit(timeout=1.0 + 5 + 10)
+    try:
+        code = await patient.wait_exit(timeout=1.0 + 5 + 10)
+    finally:
+        stuck.close()
     took = time.monotonic() - started
-    stuck.close()
     assert code is not None, "the gateway did not exit after SIGTERM"
     assert took <= 1.0 + 5  # SHUTDOWN_GRACE + 5 s
     ending = await until_closed(calm, timeout=5)
@@ -239,8 +249,10 @@ async def test_no_frame_is_handled_after_the_token_expired(module_cluster: Clust
         # once by the expiry timer, once for the frame that came after it
         return (await refusals(patient.extra["http_url"])).get(key, 0) >= 2
 
-    await eventually(refused_twice, timeout=5)
-    peer.close()
+    try:
+        await eventually(refused_twice, timeout=5)
+    finally:
+        peer.close()
     db = await asyncpg.connect(module_cluster.services.database_url)
     try:
         stored = await db.fetchval("SELECT count(*) FROM messages WHERE content = $1", marker)
@@ -249,10 +261,29 @@ async def test_no_frame_is_handled_after_the_token_expired(module_cluster: Clust
     assert stored == 0, "a message sent after the token expired was taken"
 
 
-async def test_the_sentinel_is_not_disturbed(hostile: ServiceProcess) -> None:
-    client = await joined(hostile.extra["ws_url"], make_token(user("calm")))
+# ---------------------------------------------------------------------------- the hostile-peers run, short
+
+
+async def test_hostile_run_short(module_cluster: Cluster) -> None:
+    """``python -m tests.gateway.hostile`` at a small scale: every check of the run holds."""
+    await module_cluster.fake_openai(FAKE_OPENAI_FIRST_TOKEN_MS=0, FAKE_OPENAI_TOKENS_PER_SECOND=0)
+    await module_cluster.worker()
+    report = await hostile_run(module_cluster, n=5, sentinels=2, seconds=5)
+    assert report.problems == [], report
+
+
+async def test_a_payload_limit_too_small_for_the_message_length_stops_start_up(module_cluster: Cluster) -> None:
+    """WS_MAX_PAYLOAD must carry a WS_MAX_MESSAGE_LENGTH message in UTF-8; else start-up fails naming both."""
+    env = module_cluster.base_env(WS_MAX_PAYLOAD=8192, GATEWAY_PORT=free_port())
+    process = await asyncio.create_subprocess_exec(
+        *command("chat-gateway"), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     try:
-        await still_open(client)
-    except ConnectionClosed as closed:  # pragma: no cover - a failure, with the reason
-        raise AssertionError(f"sentinel closed: {closed}") from closed
-    await client.close()
+        output, _ = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode != 0
+    assert b"WS_MAX_PAYLOAD" in output
+    assert b"WS_MAX_MESSAGE_LENGTH" in output

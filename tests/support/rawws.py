@@ -196,3 +196,35 @@ async def until_held(pid: int, server_port: int, peer: RawPeer, timeout: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"the gateway never accepted port {peer.port}")
         await asyncio.sleep(0.02)
+
+
+class SocketWatch:
+    """Polls the gateway's fd table; for each peer added, the seconds from its ``opened`` until the
+    first poll that found the gateway no longer holding it. Add only peers the gateway has held
+    (an upgrade answered, or ``until_held``)."""
+
+    def __init__(self, pid: int, server_port: int, *, every: float = 0.05) -> None:
+        self.pid, self.server_port, self.every = pid, server_port, every
+        self.groups: dict[int, str] = {}
+        self.peers: dict[int, RawPeer] = {}
+        self.released: dict[int, float] = {}
+
+    def add(self, group: str, peer: RawPeer) -> None:
+        self.groups[peer.port] = group
+        self.peers[peer.port] = peer
+
+    def poll(self) -> None:
+        held = held_ports(self.pid, self.server_port)
+        now = time.monotonic()
+        for port, peer in self.peers.items():
+            if port not in held and port not in self.released:
+                self.released[port] = now - peer.opened
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(OSError):
+                self.poll()
+            await asyncio.sleep(self.every)
+
+    def pending(self) -> int:
+        return len(self.peers) - len(self.released)

@@ -43,7 +43,9 @@ def main() -> None:
         loop="uvloop",
         http=GatewayHttpProtocol.configured(header_timeout_s=settings.ws_handshake_timeout / 1000),
         ws=GatewayWebSocketProtocol.configured(
-            max_buffered_bytes=settings.ws_max_buffered_bytes, send_timeout_s=settings.ws_send_timeout / 1000
+            max_buffered_bytes=settings.ws_max_buffered_bytes,
+            send_timeout_s=settings.ws_send_timeout / 1000,
+            max_pings_per_second=settings.ws_max_frames_per_second,
         ),
         ws_max_size=settings.ws_max_payload,
         ws_per_message_deflate=False,

@@ -33,6 +33,9 @@ close it, and ``WS_SEND_TIMEOUT`` after its socket stopped taking our writes, wh
 Bytes the kernel has taken (its send buffer, up to ``net.ipv4.tcp_wmem``'s maximum) are outside the
 budget: they are not the process's memory.
 
+A peer that sends WebSocket pings faster than ``WS_MAX_FRAMES_PER_SECOND`` (bursts of twice that) is
+dropped too: answering a flood of pings took the whole event loop.
+
 Dropping is ``transport.abort()`` (nginx, Envoy and Centrifugo do the same); the application learns
 of it as ``websocket.disconnect`` with code 1006, and through ``Peer.on_drop``. The protocol is the
 ``Peer`` of its connection, put in the ASGI scope under ``PEER_EXTENSION``.
@@ -175,11 +178,18 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     max_buffered_bytes: ClassVar[int] = 1 << 20
     send_timeout_s: ClassVar[float] = 20.0
+    max_pings_per_second: ClassVar[float] = 20.0
 
     @classmethod
-    def configured(cls, *, max_buffered_bytes: int, send_timeout_s: float) -> type[GatewayWebSocketProtocol]:
+    def configured(
+        cls, *, max_buffered_bytes: int, send_timeout_s: float, max_pings_per_second: float
+    ) -> type[GatewayWebSocketProtocol]:
         """This protocol with the output limits of one gateway's settings."""
-        attributes = {"max_buffered_bytes": max_buffered_bytes, "send_timeout_s": send_timeout_s}
+        attributes = {
+            "max_buffered_bytes": max_buffered_bytes,
+            "send_timeout_s": send_timeout_s,
+            "max_pings_per_second": max_pings_per_second,
+        }
         return type(cls.__name__, (cls,), attributes)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -192,6 +202,8 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.close_timeout = self.send_timeout_s  # uvicorn's wait for the peer's close frame (10 s)
         self._stall: asyncio.TimerHandle | None = None
         self._guard: _GuardedTransport | None = None
+        self._ping_tokens = 2 * self.max_pings_per_second
+        self._ping_at = 0.0
         extensions = []
         if self.config.ws_per_message_deflate:
             extensions.append(
@@ -239,6 +251,22 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             except Exception:
                 logger.exception("on_drop failed")
         self.transport.abort()
+
+    def handle_ping(self) -> None:
+        # Each pong costs a parse and a write: tens of thousands of pings a second from a few
+        # sockets took the whole loop (the sentinels' own frames waited seconds). Browsers send no
+        # pings and libraries one every 20 s or so; a peer over the frame rate is dropped.
+        if self.dropped is not None:
+            return
+        now = self.loop.time()
+        rate = self.max_pings_per_second
+        self._ping_tokens = min(2 * rate, self._ping_tokens + (now - self._ping_at) * rate)
+        self._ping_at = now
+        if self._ping_tokens < 1:
+            self.drop("ping_flood")
+            return
+        self._ping_tokens -= 1
+        super().handle_ping()
 
     def pause_writing(self) -> None:
         super().pause_writing()
