@@ -132,17 +132,18 @@ def _socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def held_ports(pid: int, server_port: int) -> set[int]:
-    """Remote ports of the TCP connections to ``server_port`` that process ``pid`` holds open."""
+def held_ports(pid: int, server_port: int) -> dict[int, int]:
+    """Remote ports of the TCP connections to ``server_port`` that process ``pid`` holds open, each
+    with the bytes in its kernel send queue (``tx_queue``: written by the gateway, not yet acked)."""
     inodes = _socket_inodes(pid)
-    ports: set[int] = set()
+    ports: dict[int, int] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 fields = line.split()
                 local_port = int(fields[1].rsplit(":", 1)[1], 16)
                 if local_port == server_port and int(fields[9]) in inodes:
-                    ports.add(int(fields[2].rsplit(":", 1)[1], 16))
+                    ports[int(fields[2].rsplit(":", 1)[1], 16)] = int(fields[4].split(":")[0], 16)
     return ports
 
 
@@ -208,6 +209,9 @@ class SocketWatch:
         self.groups: dict[int, str] = {}
         self.peers: dict[int, RawPeer] = {}
         self.released: dict[int, float] = {}
+        self.stalled: dict[int, tuple[int, float]] = {}
+        """per peer, the largest kernel send queue seen and when it was first seen: from then on the
+        peer took nothing more (the kernel's buffer is full), so the gateway's own deadlines run."""
 
     def add(self, group: str, peer: RawPeer) -> None:
         self.groups[peer.port] = group
@@ -217,8 +221,22 @@ class SocketWatch:
         held = held_ports(self.pid, self.server_port)
         now = time.monotonic()
         for port, peer in self.peers.items():
-            if port not in held and port not in self.released:
+            if port in self.released:
+                continue
+            if port not in held:
                 self.released[port] = now - peer.opened
+                continue
+            queued = held[port]
+            if queued > self.stalled.get(port, (0, 0.0))[0]:
+                self.stalled[port] = (queued, now)
+
+    def held_after_stall(self, port: int) -> float | None:
+        """Seconds from the peer's send queue reaching its peak to its release (None: not released)."""
+        if port not in self.released:
+            return None
+        peer = self.peers[port]
+        _, since = self.stalled.get(port, (0, peer.opened))
+        return max(0.0, peer.opened + self.released[port] - since)
 
     async def run(self) -> None:
         while True:
