@@ -66,6 +66,7 @@ GATEWAY_ENV: dict[str, str | int] = {
     "SHUTDOWN_GRACE": int(GRACE_S * 1000),
     "SHUTDOWN_SPREAD": 500,
     "WS_MAX_CONNECTIONS": 2000,
+    "WS_RATE_LIMIT_MAX_MESSAGES": 10_000,  # the sentinels chat for the whole run
 }
 DEADLINES = {
     "flooder": AUTH_S + 2 * SEND_S,
@@ -225,6 +226,7 @@ async def _sentinel(url: str, report: HostileReport, stop: asyncio.Event) -> Non
                 report.sentinel_answered_in_full += 1
             else:
                 report.sentinel_failures.append(str(answer.error or "incomplete"))
+            await asyncio.sleep(0.2)  # a user reads the answer before asking again
     except (ConnectionClosed, TimeoutError, AssertionError) as exc:
         report.sentinel_failures.append(f"{type(exc).__name__}: {exc}")
     finally:
