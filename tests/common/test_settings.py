@@ -58,3 +58,15 @@ def test_a_bad_value_stops_start_up_naming_the_variable(monkeypatch: pytest.Monk
     with pytest.raises(ConfigurationError) as raised:
         load_settings()
     assert name in str(raised.value)
+
+
+def test_the_payload_limit_must_carry_the_longest_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """4000 characters of 4-byte UTF-8 and the frame around them must fit in one frame (issue 11)."""
+    assert load_settings().ws_max_payload >= 4 * load_settings().ws_max_message_length  # the spec's defaults fit
+    monkeypatch.setenv("WS_MAX_PAYLOAD", "8192")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    assert "WS_MAX_PAYLOAD" in str(raised.value)
+    assert "WS_MAX_MESSAGE_LENGTH" in str(raised.value)
+    monkeypatch.setenv("WS_MAX_MESSAGE_LENGTH", "1000")
+    assert load_settings().ws_max_payload == 8192

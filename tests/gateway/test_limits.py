@@ -275,13 +275,25 @@ async def test_message_too_long_keeps_the_connection_open(
     assert error["data"]["code"] == "MESSAGE_TOO_LONG"
     assert error["requestId"] == "long"
     await still_open(client)
-    # length is counted after normalisation: control characters removed, Unicode NFC
-    content = "x" * 29 + "\x00\x07\x1b" + "e\u0301" * 10 + "\n"
+    # the content is normalised (control characters removed, Unicode NFC) before it is stored ...
+    content = "x" * 19 + "\x00\x07\x1b" + "e\u0301" * 8 + "\n"
     await client.send("send_message", {"content": content})
     accepted = await client.recv_type("message_accepted", "error")
     assert accepted["type"] == "message_accepted", accepted
     stored = await db.fetchval("SELECT content FROM messages WHERE id = $1", accepted["data"]["messageId"])
-    assert stored == "x" * 29 + "\u00e9" * 10 + "\n"
+    assert stored == "x" * 19 + "\u00e9" * 8 + "\n"
+    # ... but the limit counts the characters the user sent: 53 here, 40 once normalised
+    await client.send("send_message", {"content": "x" * 29 + "\x00\x07\x1b" + "e\u0301" * 10 + "\n"})
+    assert (await client.recv_type("message_accepted", "error"))["data"]["code"] == "MESSAGE_TOO_LONG"
+    await client.close()
+
+
+async def test_the_length_limit_counts_what_was_sent_not_what_normalisation_made_of_it(url: str) -> None:
+    """U+0958 is one character that NFC turns into two: 40 of them were refused as 80 (issue 11)."""
+    client = await joined(url, make_token(user("nfc")))
+    await client.send("send_message", {"content": "\u0958" * 40})  # WS_MAX_MESSAGE_LENGTH=40
+    accepted = await client.recv_type("message_accepted", "error")
+    assert accepted["type"] == "message_accepted", accepted
     await client.close()
 
 

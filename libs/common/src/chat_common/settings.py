@@ -27,6 +27,21 @@ def _split_commas(value: object) -> object:
     return value
 
 
+FRAME_ENVELOPE_BYTES = 256
+"""room a ``send_message`` frame needs besides its content: type, ``chatId``, a ``requestId``."""
+
+
+def max_frame_for(message_length: int) -> int:
+    """Bytes of the largest ``send_message`` frame a client may need for ``message_length`` characters.
+
+    JSON is UTF-8 (RFC 8259 §8.1): at most 4 bytes per character. A client that escapes non-ASCII
+    (``\\uXXXX``, 6 or 12 bytes per character: Python's ``json.dumps`` default) is not counted: with the
+    spec's defaults (16384 bytes, 4000 characters) it cannot send 4000 non-ASCII characters, and is
+    told ``PAYLOAD_TOO_LARGE``; browsers' ``JSON.stringify`` and the project's clients send UTF-8.
+    """
+    return 4 * message_length + FRAME_ENVELOPE_BYTES
+
+
 class Settings(BaseSettings):
     """All settings of all services; each service reads the part it needs."""
 
@@ -53,6 +68,16 @@ class Settings(BaseSettings):
     """frames of any type one connection may send per second on average (bursts of twice that);
     beyond it frames are dropped with ``RATE_LIMITED``, so no client can flood the database with
     ``create_chat`` or the gateway with pings."""
+    ws_max_buffered_bytes: Annotated[int, Field(ge=65_536)] = 1_048_576
+    """bytes of output one connection may have waiting (queued in the gateway plus unsent in its
+    socket) before it is dropped: two full histories, or a history and an answer; a client that
+    reads holds next to nothing, one that does not read cannot grow the gateway past this."""
+    ws_send_timeout: PositiveInt = 20_000
+    """ms a write or a close may wait on a peer that does not read before it is dropped."""
+    ws_handshake_timeout: PositiveInt = 5_000
+    """ms a new TCP connection has to complete its HTTP request headers (the WebSocket handshake)."""
+    ws_max_unauthenticated_share: Annotated[float, Field(gt=0, le=1)] = 0.25
+    """share of ``WS_MAX_CONNECTIONS`` that sockets not yet authenticated may hold together."""
 
     # --- infrastructure ---
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
@@ -205,6 +230,18 @@ class Settings(BaseSettings):
         return level
 
     @model_validator(mode="after")
+    def _payload_carries_longest_message(self) -> Settings:
+        needed = max_frame_for(self.ws_max_message_length)
+        if self.ws_max_payload < needed:
+            raise ValueError(
+                f"WS_MAX_PAYLOAD={self.ws_max_payload} cannot carry a send_message of WS_MAX_MESSAGE_LENGTH="
+                f"{self.ws_max_message_length} characters: that needs {needed} bytes (4 per character in "
+                f"UTF-8 plus {FRAME_ENVELOPE_BYTES} for the frame); raise WS_MAX_PAYLOAD or lower "
+                "WS_MAX_MESSAGE_LENGTH"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _pick_provider(self) -> Settings:
         if self.llm_provider is None:
             object.__setattr__(self, "llm_provider", "openai" if self.openai_api_key else "fake")
@@ -214,6 +251,11 @@ class Settings(BaseSettings):
     def verbose_gateway(self) -> bool:
         """The original's ``DEBUG=websocket:*`` switch."""
         return bool(self.debug) and "websocket" in (self.debug or "")
+
+    @property
+    def max_unauthenticated(self) -> int:
+        """Sockets this process holds at most before they authenticate."""
+        return max(1, int(self.ws_max_connections * self.ws_max_unauthenticated_share))
 
     @property
     def provider(self) -> Literal["openai", "fake"]:

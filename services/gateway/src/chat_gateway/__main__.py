@@ -13,6 +13,7 @@ from chat_common.settings import load_settings
 from chat_common.telemetry import setup_tracing
 from chat_gateway.app import create_app
 from chat_gateway.drain import GatewayServer
+from chat_gateway.http_protocol import GatewayHttpProtocol
 from chat_gateway.ws_protocol import GatewayWebSocketProtocol
 
 logger = logging.getLogger("chat_gateway")
@@ -40,7 +41,12 @@ def main() -> None:
         host=settings.host,
         port=settings.gateway_port,
         loop="uvloop",
-        ws=GatewayWebSocketProtocol,
+        http=GatewayHttpProtocol.configured(header_timeout_s=settings.ws_handshake_timeout / 1000),
+        ws=GatewayWebSocketProtocol.configured(
+            max_buffered_bytes=settings.ws_max_buffered_bytes,
+            send_timeout_s=settings.ws_send_timeout / 1000,
+            max_pings_per_second=settings.ws_max_frames_per_second,
+        ),
         ws_max_size=settings.ws_max_payload,
         ws_per_message_deflate=False,
         ws_ping_interval=settings.ws_ping_interval / 1000,

@@ -3,6 +3,11 @@
 Output goes through ``send``: frames are queued and written by a flusher task that exists only while
 there is something to write, so an idle connection costs no task, and frames from the session and
 from the reply consumer keep the order in which they were queued.
+
+A client that does not keep up is dropped, never waited for: what is queued for it (here and in the
+socket's write buffer) is bounded by ``WS_MAX_BUFFERED_BYTES``, and a close gets ``WS_SEND_TIMEOUT``
+before the peer is aborted (``Peer.drop``). Sends are bounded by the protocol, which drops a peer
+whose socket stays unwritable for ``WS_SEND_TIMEOUT`` (``chat_gateway.ws_protocol``).
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from opentelemetry.trace import Span
 from starlette.websockets import WebSocket
@@ -21,8 +28,54 @@ from chat_common.frames import ChatType
 
 logger = logging.getLogger(__name__)
 
-MAX_QUEUED_FRAMES = 2000
-"""a client that falls this far behind is disconnected rather than buffered without bound."""
+
+class Peer(Protocol):
+    """The socket under a connection (``GatewayWebSocketProtocol``)."""
+
+    on_drop: Callable[[str], None] | None
+
+    def buffered_bytes(self) -> int:
+        """Bytes written and not yet taken by the kernel."""
+        ...
+
+    def drop(self, reason: str) -> None:
+        """Abort the socket now; the receive loop then sees a disconnect."""
+        ...
+
+
+class _NoPeer:
+    """Under a server other than the gateway's own protocol: nothing buffered is visible, and a drop
+    only marks the connection closed (its close then bounds the wait)."""
+
+    on_drop: Callable[[str], None] | None = None
+
+    def buffered_bytes(self) -> int:
+        return 0
+
+    def drop(self, reason: str) -> None:
+        if self.on_drop is not None:
+            self.on_drop(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputLimits:
+    """One gateway's bounds on what it holds for a peer (shared by all its connections)."""
+
+    max_buffered_bytes: int = 1 << 20
+    send_timeout_s: float = 20.0
+
+
+DEFAULT_LIMITS = OutputLimits()
+
+
+def peer_of(websocket: WebSocket) -> Peer:
+    peer: Peer | None = websocket.scope.get("extensions", {}).get("chat_gateway.peer")
+    return peer if peer is not None else _NoPeer()
+
+
+def utf8_length(text: str) -> int:
+    """Bytes of ``text`` on the wire (cheap for ASCII, which ``isascii`` tells in constant time)."""
+    return len(text) if text.isascii() else len(text.encode())
 
 
 @dataclass(slots=True)
@@ -46,6 +99,8 @@ class Connection:
     id: str
     websocket: WebSocket
     client_address: str
+    peer: Peer = field(default_factory=_NoPeer)
+    limits: OutputLimits = DEFAULT_LIMITS
     user_id: str | None = None
     token_expires_at: float = 0.0
     expiry_timer: asyncio.TimerHandle | None = None
@@ -67,34 +122,51 @@ class Connection:
     """created with the flusher and dropped with it: an idle connection keeps no queue (a deque is
     over 600 bytes, a fifth of what a bare idle connection costs)."""
     _flusher: asyncio.Task[None] | None = None
+    _queued_bytes: int = 0
+    """UTF-8 bytes of the frames in ``_out``."""
 
     def send(self, text: str) -> None:
-        """Queue one frame; never blocks. A client that stops reading is cut off."""
+        """Queue one frame; never blocks. A client that lets more than ``WS_MAX_BUFFERED_BYTES`` pile
+        up (queued here plus unsent in the socket) is dropped; a frame into an empty queue always goes."""
         if self.closed:
             return
+        size = utf8_length(text)
         out = self._out
         if out is None:
             out = self._out = deque()
-        elif len(out) >= MAX_QUEUED_FRAMES:
-            logger.warning("connection %s: client too slow, %d frames queued; closing", self.id, len(out))
-            out.clear()
-            self._out = None
-            self.closed = True
-            self._flusher = asyncio.get_running_loop().create_task(self._close_now(1008))
+        elif self._queued_bytes + self.peer.buffered_bytes() + size > self.limits.max_buffered_bytes:
+            logger.warning(
+                "connection %s: client too slow, %d frames (%d bytes) queued; dropped",
+                self.id,
+                len(out),
+                self._queued_bytes + self.peer.buffered_bytes(),
+            )
+            self._drop("output_budget")
             return
         out.append(text)
+        self._queued_bytes += size
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush(out))
+
+    def _drop(self, reason: str) -> None:
+        self.closed = True
+        if self._out is not None:
+            self._out.clear()
+        self._queued_bytes = 0
+        self.peer.drop(reason)
 
     async def _flush(self, out: deque[str]) -> None:
         try:
             while out:
-                await self.websocket.send_text(out.popleft())
+                text = out.popleft()
+                self._queued_bytes -= utf8_length(text)
+                await self.websocket.send_text(text)
         except Exception:  # noqa: BLE001 - the peer went away mid-write: the receive loop sees the disconnect
             self.closed = True
         finally:
             if self._out is out:
                 self._out = None
+                self._queued_bytes = 0
             self._flusher = None
 
     async def drain(self, limit_s: float = 2.0) -> None:
@@ -104,15 +176,27 @@ class Connection:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(flusher), limit_s)
 
-    async def close(self, code: int, reason: str = "") -> None:
-        """Write what is queued, then close with ``code``."""
-        await self.drain()
-        await self._close_now(code, reason)
+    async def close(self, code: int, reason: str = "", *, timeout_s: float | None = None) -> None:
+        """Write what is queued, then close with ``code``; within ``timeout_s`` (default
+        ``WS_SEND_TIMEOUT``) or the peer is dropped. Returns by then whatever the peer does."""
+        limit = self.limits.send_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
+        await self.drain(min(2.0, limit))
+        await self.close_now(code, reason, timeout_s=max(0.0, deadline - time.monotonic()))
 
-    async def _close_now(self, code: int, reason: str = "") -> None:
+    async def close_now(self, code: int, reason: str = "", *, timeout_s: float | None = None) -> None:
+        """Close with ``code`` without writing what is queued; the peer is dropped if the close frame
+        cannot be written within ``timeout_s`` (default ``WS_SEND_TIMEOUT``)."""
         self.closed = True
-        with contextlib.suppress(Exception):
-            await self.websocket.close(code, reason)
+        limit = self.limits.send_timeout_s if timeout_s is None else timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                await self.websocket.close(code, reason)
+        except TimeoutError:
+            logger.info("connection %s: close not written within %.1fs; dropped", self.id, limit)
+            self.peer.drop("close_timeout")
+        except Exception:  # noqa: BLE001, S110 - the peer is gone already: the receive loop sees the disconnect
+            pass
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()

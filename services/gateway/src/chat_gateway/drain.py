@@ -5,7 +5,9 @@
 found has been sent close code 1012 ("service restart": reconnect, elsewhere), idle ones at random
 moments over ``SHUTDOWN_SPREAD`` so that clients do not reconnect in one stampede, busy ones as
 soon as their answers end or ``SHUTDOWN_GRACE`` runs out (then the worker keeps the answer for a
-resume on the connection the client opens next, within ``RESUME_GRACE``).
+resume on the connection the client opens next, within ``RESUME_GRACE``). Each close is bounded
+(``CLOSE_AFTER_GRACE_S`` past the grace at most, then the peer is dropped), so a peer that does not
+read cannot hold up the drain: it returns within ``SHUTDOWN_GRACE`` + ``CLOSE_AFTER_GRACE_S``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from chat_gateway.state import GatewayState
 logger = logging.getLogger(__name__)
 
 SERVICE_RESTART = 1012
+CLOSE_AFTER_GRACE_S = 2.0
+"""the most a close may take once the grace is over (writing what is queued, then the close frame)."""
 
 
 async def drain(state: GatewayState, *, grace_s: float, spread_s: float) -> None:
@@ -53,8 +57,8 @@ async def _close_later(connection: Connection, delay_s: float, deadline: float) 
         # from here no new frame is handled (``FrameHandler.dispatch`` drops it), so nothing can be
         # stored for a client that is about to be told to go elsewhere
         connection.closed = True
-        await connection.drain()
-        await connection._close_now(SERVICE_RESTART, "service restart")
+        limit = min(connection.limits.send_timeout_s, max(0.0, deadline - time.monotonic()) + CLOSE_AFTER_GRACE_S)
+        await connection.close(SERVICE_RESTART, "service restart", timeout_s=limit)
 
 
 def _busy(connection: Connection) -> bool:

@@ -286,13 +286,15 @@ class FrameHandler:
             raise ChatError(ErrorCode.CHAT_NOT_FOUND, "Chat not found: join or create a chat first")
         if frame.data.chatId is not None and frame.data.chatId != connection.chat_id:
             raise ChatError(ErrorCode.CHAT_NOT_FOUND, "Chat not found: chatId is not the current chat")
-        content = normalise_content(frame.data.content)
-        if len(content) > settings.ws_max_message_length:
+        # the limit counts what the user sent: NFC may lengthen text (U+0958 becomes two characters)
+        sent = len(frame.data.content)
+        if sent > settings.ws_max_message_length:
             raise Refusal(
                 ErrorCode.MESSAGE_TOO_LONG,
-                f"Message too long: {len(content)} characters, at most {settings.ws_max_message_length}",
+                f"Message too long: {sent} characters, at most {settings.ws_max_message_length}",
                 reason="content_length",
             )
+        content = normalise_content(frame.data.content)
         if not content.strip():
             raise Refusal(ErrorCode.INVALID_MESSAGE, "Invalid message: content is empty", reason="empty_content")
         retry_after = await state.admission.hit_rate(

@@ -48,6 +48,12 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.sweeps = Counter("chat_gateway_sweeps", "Inactivity sweeps run", registry=self.registry)
+        self.sweep_lag = Gauge(
+            "chat_gateway_sweep_lag_seconds",
+            "How late the last inactivity sweep started after its schedule (a stalled loop shows here)",
+            registry=self.registry,
+        )
         self.window = RollingWindow(window_s)
         self.requests_total = 0
         self.errors_total = 0

@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from chat_common.envelopes import ControlMessage
 from chat_common.errors import ChatError, ErrorCode
 from chat_common.frames import JoinChat, error_frame, parse_client_frame, peek_request_id
-from chat_gateway.connection import Connection
+from chat_gateway.connection import Connection, peer_of
 from chat_gateway.handlers import FrameHandler
 from chat_gateway.refusals import Refusal, reason_of, record_refusal
 from chat_gateway.state import GatewayState
@@ -38,7 +38,14 @@ async def serve(state: GatewayState, websocket: WebSocket) -> None:
         await websocket.close(1008)  # before accept: the handshake is answered with HTTP 403
         return
     await websocket.accept()
-    connection = Connection(id=uuid.uuid4().hex, websocket=websocket, client_address=address)
+    connection = Connection(
+        id=uuid.uuid4().hex,
+        websocket=websocket,
+        client_address=address,
+        peer=peer_of(websocket),
+        limits=state.output_limits,
+    )
+    connection.peer.on_drop = lambda reason: record_refusal(state.metrics, connection, "DROPPED", reason)
     if not state.accepting or len(state.registry) >= settings.ws_max_connections:
         reason = "capacity" if state.accepting else "shutting_down"
         await _refuse(state, connection, Refusal(ErrorCode.SERVER_AT_CAPACITY, reason=reason))
@@ -50,6 +57,11 @@ async def serve(state: GatewayState, websocket: WebSocket) -> None:
             reason="per_address",
         )
         await _refuse(state, connection, error)
+        return
+    if state.unauthenticated_total >= settings.max_unauthenticated:
+        # behind IPv6 or a botnet the per-address cap does nothing: this keeps most of the capacity
+        # for clients that authenticate
+        await _refuse(state, connection, Refusal(ErrorCode.SERVER_AT_CAPACITY, reason="unauthenticated"))
         return
     state.registry.add(connection)
     state.metrics.connections.set(len(state.registry))
@@ -99,9 +111,11 @@ async def _authenticate(state: GatewayState, connection: Connection, handler: Fr
     """
     address = connection.client_address
     state.unauthenticated[address] += 1
+    state.unauthenticated_total += 1
     try:
         return await _wait_for_join(state, connection, handler)
     finally:
+        state.unauthenticated_total -= 1
         state.unauthenticated[address] -= 1
         if state.unauthenticated[address] <= 0:
             del state.unauthenticated[address]
@@ -145,6 +159,12 @@ async def _frame_loop(state: GatewayState, connection: Connection, handler: Fram
         if _ended(state, connection, message):
             return
         connection.touch()
+        if _token_expired(state, connection):
+            # the expiry timer may not have run yet, or its close may be waiting on the peer:
+            # no frame is acted on with an expired token
+            error = Refusal(ErrorCode.UNAUTHORIZED, "Unauthorized: token expired", reason="token_expired")
+            await handler.reject(error)
+            return
         wait_s = connection.take_frame(state.settings.ws_max_frames_per_second)
         if wait_s:
             _frame_rate_exceeded(state, connection, wait_s)
@@ -161,6 +181,10 @@ async def _frame_loop(state: GatewayState, connection: Connection, handler: Fram
             continue
         state.metrics.frames_in.labels(frame.type).inc()
         await handler.dispatch(frame)
+
+
+def _token_expired(state: GatewayState, connection: Connection) -> bool:
+    return time.time() > connection.token_expires_at + state.settings.jwt_leeway
 
 
 def _frame_rate_exceeded(state: GatewayState, connection: Connection, wait_s: float) -> None:
