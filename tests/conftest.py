@@ -11,29 +11,13 @@ import pytest
 
 from tests.support.cluster import Cluster, isolated_cluster
 from tests.support.processes import ServiceProcess
-from tests.support.services import (
-    Services,
-    database_base_url,
-    drop_database,
-    drop_vhost,
-    make_database,
-    make_vhost,
-    service_url,
-)
+from tests.support.services import Services, session_services
 
 
 @pytest.fixture(scope="session")
 async def services(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Services]:
-    amqp = service_url("amqp", "AMQP_URL", "amqp://guest:guest@localhost:5672/", 5672)
-    database = await database_base_url()
-    redis = service_url("redis", "REDIS_URL", "redis://localhost:6379/0", 6379)
-    amqp_url, vhost = make_vhost(amqp)
-    database_url, name = await make_database(database)
-    try:
-        yield Services(amqp_url=amqp_url, database_url=database_url, redis_url=redis, vhost=vhost, database=name)
-    finally:
-        await drop_database(database, name)
-        drop_vhost(vhost)
+    async with session_services() as found:
+        yield found
 
 
 @pytest.fixture(scope="session")

@@ -409,25 +409,12 @@ FUZZ_GATEWAY_ENV: dict[str, str | int] = {"WS_AUTH_TIMEOUT": 2000}
 
 
 async def _standalone(args: argparse.Namespace) -> FuzzReport:
-    from tests.support.cluster import Cluster
-    from tests.support.services import (
-        Services,
-        drop_database,
-        drop_vhost,
-        make_database,
-        make_vhost,
-        service_url,
-    )
+    from tests.support.cluster import isolated_cluster
+    from tests.support.services import session_services
 
-    amqp = service_url("amqp", "AMQP_URL", "amqp://guest:guest@localhost:5672/", 5672)
-    database = service_url("postgres", "DATABASE_URL", "postgresql://postgres@localhost:5432/postgres", 5432)
-    amqp_url, vhost = make_vhost(amqp)
-    database_url, name = await make_database(database)
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    services = Services(amqp_url=amqp_url, database_url=database_url, redis_url="", vhost=vhost, database=name)
-    cluster = Cluster(services, log_dir)
-    try:
+    async with session_services(redis=False) as services, isolated_cluster(services, log_dir) as cluster:
         await cluster.fake_openai(FAKE_OPENAI_FIRST_TOKEN_MS=0, FAKE_OPENAI_TOKENS_PER_SECOND=0)
         gateway = await cluster.gateway(**FUZZ_GATEWAY_ENV)
         await cluster.worker()
@@ -440,10 +427,6 @@ async def _standalone(args: argparse.Namespace) -> FuzzReport:
             seed=args.seed,
             log_path=gateway.log_path,
         )
-    finally:
-        await cluster.stop_all()
-        await drop_database(database, name)
-        drop_vhost(vhost)
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.support import rawws
 from tests.support.client import ChatClient, make_token
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, isolated_cluster
 from tests.support.processes import ServiceProcess
 
 AUTH_S, SEND_S, HANDSHAKE_S = 2.0, 3.0, 2.0
@@ -317,24 +317,14 @@ async def hostile_run(cluster: Cluster, *, n: int, sentinels: int, seconds: floa
 
 
 async def _standalone(args: argparse.Namespace) -> HostileReport:
-    from tests.support.services import Services, drop_database, drop_vhost, make_database, make_vhost, service_url
+    from tests.support.services import session_services
 
-    amqp = service_url("amqp", "AMQP_URL", "amqp://guest:guest@localhost:5672/", 5672)
-    database = service_url("postgres", "DATABASE_URL", "postgresql://postgres@localhost:5432/postgres", 5432)
-    amqp_url, vhost = make_vhost(amqp)
-    database_url, name = await make_database(database)
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    services = Services(amqp_url=amqp_url, database_url=database_url, redis_url="", vhost=vhost, database=name)
-    cluster = Cluster(services, log_dir)
-    try:
+    async with session_services(redis=False) as services, isolated_cluster(services, log_dir) as cluster:
         await cluster.fake_openai(FAKE_OPENAI_FIRST_TOKEN_MS=0, FAKE_OPENAI_TOKENS_PER_SECOND=0)
         await cluster.worker()
         return await hostile_run(cluster, n=args.n, sentinels=args.sentinels, seconds=args.seconds)
-    finally:
-        await cluster.stop_all()
-        await drop_database(database, name)
-        drop_vhost(vhost)
 
 
 def main() -> None:

@@ -15,6 +15,8 @@ import shutil
 import socket
 import subprocess
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -146,3 +148,21 @@ async def drop_database(base_url: str, name: str) -> None:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await connection.close()
+
+
+@asynccontextmanager
+async def session_services(*, redis: bool = True) -> AsyncIterator[Services]:
+    """A vhost and a database of this run's own on the configured services, dropped on exit.
+
+    ``redis=False`` leaves ``redis_url`` empty: the gateways then keep their limits per process.
+    """
+    amqp = service_url("amqp", "AMQP_URL", "amqp://guest:guest@localhost:5672/", 5672)
+    database = await database_base_url()
+    redis_url = service_url("redis", "REDIS_URL", "redis://localhost:6379/0", 6379) if redis else ""
+    amqp_url, vhost = make_vhost(amqp)
+    database_url, name = await make_database(database)
+    try:
+        yield Services(amqp_url=amqp_url, database_url=database_url, redis_url=redis_url, vhost=vhost, database=name)
+    finally:
+        await drop_database(database, name)
+        drop_vhost(vhost)
