@@ -1,17 +1,25 @@
 // The original document's JavaScript snippets, runnable against a gateway:
 //
-//   node --experimental-websocket examples/spec-examples.mjs        (Node 20/21; Node 22+ needs no flag)
+//   node examples/spec-examples.mjs                                   Node 22+ (global WebSocket)
+//   node --experimental-websocket examples/spec-examples.mjs          Node 20.10+ and 21
+//   python3 scripts/fetch-ws.py && node examples/spec-examples.mjs    Node 18 (Debian 12), Node 20 < 20.10
 //
 // Environment: GATEWAY_URL (default ws://localhost:3000/ws/chat), CHAT_TOKEN (default: one from the
-// gateway's development endpoint, which scripts/run.sh turns on). Uses the global WebSocket, or the
-// `ws` package when it is installed and there is none.
+// gateway's development endpoint, which scripts/run.sh turns on). Uses the global WebSocket, or, where
+// there is none, the `ws` package pinned in examples/package-lock.json (installed in examples/node_modules
+// by scripts/fetch-ws.py without npm, or by `npm ci --prefix examples`).
 //
 // It runs the three frames of the original exactly as written there, with real ids in place of the
 // placeholders: join_chat (a messages chat, then again later with chatId), create_chat, switch_chat,
 // and sends a message whose answer streams to stdout.
 
 const url = process.env.GATEWAY_URL ?? 'ws://localhost:3000/ws/chat';
-const WebSocketImpl = globalThis.WebSocket ?? (await import('ws')).default;
+const WebSocketImpl = globalThis.WebSocket ?? await import('ws').then((module) => module.default, (error) => {
+  if (error.code !== 'ERR_MODULE_NOT_FOUND') throw error;
+  throw new Error(`Node ${process.version} has no global WebSocket and the ws package is not installed: run `
+    + '`python3 scripts/fetch-ws.py` (or `npm ci --prefix examples`), or use Node 22+ '
+    + '(Node 20.10+: node --experimental-websocket)');
+});
 
 async function devToken() {
   const httpUrl = url.replace(/^ws/, 'http').replace(/\/ws\/chat$/, '');
