@@ -45,9 +45,6 @@ SERVICES = {
     },
 }
 
-# HTTP routes each service really serves (checked against the apps in test_wiring).
-HEALTH_PATHS = {"gateway": "/api/websocket/health", "worker": "/health", "monitor": "/api/websocket/health"}
-
 
 def settings_env_names() -> set[str]:
     """Every environment variable the services read: Settings fields, their aliases, and OTEL_*."""
