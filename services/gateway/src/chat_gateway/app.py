@@ -13,11 +13,11 @@ from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from chat_common.broker import now_ms, publish_farewell, publish_heartbeats
+from chat_common.broker import publish_farewell, publish_heartbeats
 from chat_common.envelopes import Heartbeat
 from chat_common.health import HealthReport, HealthThresholds
+from chat_common.heartbeat import build_heartbeat
 from chat_common.http_policy import RequestLimits, SecurityHeaders
-from chat_common.process import rss_bytes
 from chat_common.samples import RequestSampler
 from chat_common.settings import Settings
 from chat_common.store import ChatStore, create_pool
@@ -187,28 +187,16 @@ def health_report(state: GatewayState) -> HealthReport:
 
 
 def heartbeat(state: GatewayState, sampler: RequestSampler) -> Heartbeat:
-    metrics = state.metrics
-    slowest, failed = sampler.take()
-    return Heartbeat(
+    return build_heartbeat(
+        "gateway",
         instance_id=state.settings.instance_id,
-        role="gateway",
-        timestamp_ms=now_ms(),
-        started_ms=int(state.started * 1000),
+        started=state.started,
+        figures=state.metrics,
+        sampler=sampler,
+        broker_connected=state.broker.connected,
         connections=len(state.registry),
         users=state.registry.users,
         cluster_users=getattr(state.admission, "cluster_users", None),
         max_connections=state.settings.ws_max_connections,
-        in_flight=int(metrics.in_flight._value.get()),
-        requests_total=metrics.requests_total,
-        errors_total=metrics.errors_total,
-        errors_by_code=metrics.errors_by_code(),
-        response_time_sum_ms=metrics.response_sum_ms,
-        response_time_count=metrics.response_count,
-        recent_response_ms=metrics.take_recent_response_ms(),
-        recent_first_chunk_ms=metrics.take_recent_first_chunk_ms(),
-        rss_bytes=rss_bytes(),
-        cpu_seconds=time.process_time(),
-        broker_connected=state.broker.connected,
-        slow_requests=slowest,
-        failed_requests=failed,
+        in_flight=int(state.metrics.in_flight._value.get()),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from opentelemetry.trace import Span
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from chat_common.metrics import counts_by_label, register_process_collectors
+from chat_common.metrics import TimedFigure, counts_by_label, register_process_collectors
 from chat_common.stats import RollingWindow
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
@@ -36,17 +36,21 @@ class GatewayMetrics:
         self.frames_sent = {kind: sent.labels(kind) for kind in ("start", "chunk", "end", "error")}
         self.requests = Counter("chat_gateway_requests", "Chat requests published", registry=self.registry)
         self.in_flight = Gauge("chat_gateway_in_flight", "Requests awaiting their answer", registry=self.registry)
-        self.response_seconds = Histogram(
-            "chat_gateway_response_seconds",
-            "Time from accepting a message to response_end",
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+        self.response = TimedFigure(
+            Histogram(
+                "chat_gateway_response_seconds",
+                "Time from accepting a message to response_end",
+                buckets=_LATENCY_BUCKETS,
+                registry=self.registry,
+            )
         )
-        self.first_chunk_seconds = Histogram(
-            "chat_gateway_first_chunk_seconds",
-            "Time from accepting a message to its first response_chunk",
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+        self.first = TimedFigure(
+            Histogram(
+                "chat_gateway_first_chunk_seconds",
+                "Time from accepting a message to its first response_chunk",
+                buckets=_LATENCY_BUCKETS,
+                registry=self.registry,
+            )
         )
         self.sweeps = Counter("chat_gateway_sweeps", "Inactivity sweeps run", registry=self.registry)
         self.sweep_lag = Gauge(
@@ -57,10 +61,6 @@ class GatewayMetrics:
         self.window = RollingWindow(window_s)
         self.requests_total = 0
         self.errors_total = 0
-        self.response_sum_ms = 0.0
-        self.response_count = 0
-        self.recent_response_ms: list[float] = []
-        self.recent_first_chunk_ms: list[float] = []
 
     def record_request(self) -> None:
         self.requests.inc()
@@ -72,26 +72,12 @@ class GatewayMetrics:
         if error_code is not None:
             self.errors_total += 1
         if response_ms is not None:
-            self.response_seconds.observe(response_ms / 1000)
-            self.response_sum_ms += response_ms
-            self.response_count += 1
-            if len(self.recent_response_ms) < 1000:
-                self.recent_response_ms.append(response_ms)
+            self.response.observe_ms(response_ms)
 
     def record_first_chunk(self, seconds: float, span: Span | None) -> None:
-        self.first_chunk_seconds.observe(seconds)
-        if len(self.recent_first_chunk_ms) < 1000:
-            self.recent_first_chunk_ms.append(seconds * 1000)
+        self.first.observe(seconds)
         if span is not None:
             span.add_event("first_chunk")
-
-    def take_recent_response_ms(self) -> list[float]:
-        recent, self.recent_response_ms = self.recent_response_ms, []
-        return recent
-
-    def take_recent_first_chunk_ms(self) -> list[float]:
-        recent, self.recent_first_chunk_ms = self.recent_first_chunk_ms, []
-        return recent
 
     def errors_by_code(self) -> dict[str, int]:
         return counts_by_label(self.errors, "code")

@@ -4,28 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from chat_common.metrics import counts_by_label, register_process_collectors
+from chat_common.metrics import TimedFigure, counts_by_label, register_process_collectors
 from llm_worker.tracing import ERROR_OUTCOMES, mark_outcome
 
 _BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
-_RECENT_CAP = 1000
-
-
-class _RecentHistogram:
-    """A histogram that also keeps the values observed since the last heartbeat (for percentiles)."""
-
-    def __init__(self, histogram: Histogram) -> None:
-        self.histogram = histogram
-        self.recent_ms: list[float] = []
-
-    def observe(self, seconds: float) -> None:
-        self.histogram.observe(seconds)
-        if len(self.recent_ms) < _RECENT_CAP:
-            self.recent_ms.append(seconds * 1000)
-
-    def take_ms(self) -> list[float]:
-        recent, self.recent_ms = self.recent_ms, []
-        return recent
 
 
 class WorkerMetrics:
@@ -37,7 +19,7 @@ class WorkerMetrics:
         )
         self.in_flight = Gauge("chat_worker_in_flight", "Requests being answered", registry=self.registry)
         self.tokens = Counter("chat_worker_llm_tokens", "LLM tokens by kind", ["kind"], registry=self.registry)
-        self.first_token_seconds = _RecentHistogram(
+        self.first = TimedFigure(
             Histogram(
                 "chat_worker_first_token_seconds",
                 "Time from taking a request to the model's first token",
@@ -45,18 +27,18 @@ class WorkerMetrics:
                 registry=self.registry,
             )
         )
-        self.answer_seconds = Histogram(
-            "chat_worker_answer_seconds",
-            "Time from taking a request to storing its answer",
-            buckets=_BUCKETS,
-            registry=self.registry,
+        self.first_token_seconds = self.first
+        self.response = TimedFigure(
+            Histogram(
+                "chat_worker_answer_seconds",
+                "Time from taking a request to storing its answer",
+                buckets=_BUCKETS,
+                registry=self.registry,
+            )
         )
         self.chunks = Counter("chat_worker_chunks", "Reply chunks published", registry=self.registry)
         self.requests_total = 0
         self.errors_total = 0
-        self.answer_sum_ms = 0.0
-        self.answer_count = 0
-        self.recent_answer_ms: list[float] = []
 
     def record(self, outcome: str, *, answer_ms: float | None = None) -> None:
         """Count a request's outcome (and tag the request's span with it)."""
@@ -66,18 +48,7 @@ class WorkerMetrics:
         if outcome in ("upstream_error", "store_error", "data_error"):
             self.errors_total += 1
         if answer_ms is not None:
-            self.answer_seconds.observe(answer_ms / 1000)
-            self.answer_sum_ms += answer_ms
-            self.answer_count += 1
-            if len(self.recent_answer_ms) < _RECENT_CAP:
-                self.recent_answer_ms.append(answer_ms)
-
-    def take_recent_answer_ms(self) -> list[float]:
-        recent, self.recent_answer_ms = self.recent_answer_ms, []
-        return recent
-
-    def take_recent_first_token_ms(self) -> list[float]:
-        return self.first_token_seconds.take_ms()
+            self.response.observe_ms(answer_ms)
 
     def tokens_by_kind(self) -> dict[str, int]:
         return counts_by_label(self.tokens, "kind")

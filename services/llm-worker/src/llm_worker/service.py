@@ -34,7 +34,7 @@ from chat_common import topology
 from chat_common.broker import connect, now_ms, publish_farewell, publish_heartbeats
 from chat_common.envelopes import ChatRequest, ControlMessage, Heartbeat
 from chat_common.errors import DEFAULT_MESSAGES, ErrorCode
-from chat_common.process import rss_bytes
+from chat_common.heartbeat import build_heartbeat
 from chat_common.samples import RequestSampler
 from chat_common.settings import Settings
 from chat_common.store import DATA_ERRORS, UNAVAILABLE_ERRORS, ChatStore, StoredAnswer
@@ -136,28 +136,16 @@ class Worker:
         await publish_farewell(self._telemetry, self.heartbeat())
 
     def heartbeat(self) -> Heartbeat:
-        metrics = self.metrics
-        slowest, failed = self.sampler.take()
-        return Heartbeat(
+        return build_heartbeat(
+            "worker",
             instance_id=self.settings.instance_id,
-            role="worker",
-            timestamp_ms=now_ms(),
-            started_ms=int(self.started * 1000),
+            started=self.started,
+            figures=self.metrics,
+            sampler=self.sampler,
+            broker_connected=self.connected,
             in_flight=len(self._active),
             concurrency=self.settings.worker_concurrency,
-            requests_total=metrics.requests_total,
-            errors_total=metrics.errors_total,
-            errors_by_code=metrics.errors_by_code(),
-            response_time_sum_ms=metrics.answer_sum_ms,
-            response_time_count=metrics.answer_count,
-            recent_response_ms=metrics.take_recent_answer_ms(),
-            recent_first_chunk_ms=metrics.take_recent_first_token_ms(),
-            tokens_total=metrics.tokens_by_kind(),
-            rss_bytes=rss_bytes(),
-            cpu_seconds=time.process_time(),
-            broker_connected=self.connected,
-            slow_requests=slowest,
-            failed_requests=failed,
+            tokens_total=self.metrics.tokens_by_kind(),
         )
 
     # ------------------------------------------------------------------ requests
