@@ -18,7 +18,7 @@ from typing import Any
 
 import pydantic
 from aio_pika.abc import AbstractIncomingMessage
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -69,6 +69,14 @@ class MonitorState:
     def document(self, report: HealthReport | None = None) -> dict[str, Any]:
         return metrics_document(self.cluster, report or self.health(), self.queues, self.alerts, self.traces)
 
+    async def on_heartbeat(self, message: AbstractIncomingMessage) -> None:
+        try:
+            beat = Heartbeat.model_validate_json(message.body)
+        except pydantic.ValidationError:
+            logger.warning("malformed heartbeat dropped")
+            return
+        self.observe(beat)
+
     def evaluate(self) -> None:
         """One round of the loop, after the queues were read.
 
@@ -84,7 +92,7 @@ class MonitorState:
         self.metrics.update(document, self.alerts)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def make_state(settings: Settings) -> tuple[MonitorState, WebhookNotifier | None]:
     webhook = (
         WebhookNotifier(
             settings.alert_webhook_url,
@@ -101,67 +109,64 @@ def create_app(settings: Settings) -> FastAPI:
         alerts=AlertManager(clear_delay_s=settings.alert_clear_delay / 1000, notify=webhook),
         traces=TraceBook(jaeger_ui_url=settings.jaeger_ui_url),
     )
+    return state, webhook
 
-    async def on_heartbeat(message: AbstractIncomingMessage) -> None:
+
+async def evaluate_forever(state: MonitorState, probe: QueueProbe) -> None:
+    while True:
+        started = time.monotonic()
         try:
-            beat = Heartbeat.model_validate_json(message.body)
-        except pydantic.ValidationError:
-            logger.warning("malformed heartbeat dropped")
-            return
-        state.observe(beat)
-
-    async def evaluate_forever(probe: QueueProbe) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                state.queues = await asyncio.wait_for(probe.read(), timeout=EVALUATION_INTERVAL_S * 3)
-            except TimeoutError:
-                state.queues.known = False
-            try:
-                state.evaluate()
-            except Exception:
-                logger.exception("evaluation failed")
-            await asyncio.sleep(max(0.05, EVALUATION_INTERVAL_S - (time.monotonic() - started)))
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        connection = await connect(settings.amqp_url, name=f"monitor {settings.instance_id}")
-        probe = QueueProbe(connection)
+            state.queues = await asyncio.wait_for(probe.read(), timeout=EVALUATION_INTERVAL_S * 3)
+        except TimeoutError:
+            state.queues.known = False
         try:
-            channel = await connection.channel()
-            exchange = await topology.declare_telemetry(channel)
-            queue = await channel.declare_queue(exclusive=True, auto_delete=True, arguments={"x-message-ttl": 30_000})
-            await queue.bind(exchange)
-            await queue.consume(on_heartbeat, no_ack=True)
-            state.connected = True
-            connection.close_callbacks.add(lambda *_: setattr(state, "connected", False))
-            connection.reconnect_callbacks.add(lambda *_: setattr(state, "connected", True))
-            async with asyncio.TaskGroup() as tasks:
-                background = [tasks.create_task(evaluate_forever(probe))]
-                if webhook is not None:
-                    background.append(tasks.create_task(webhook.run()))
-                logger.info("monitor %s ready", settings.instance_id)
-                try:
-                    yield
-                finally:
-                    for task in background:
-                        task.cancel()
-        finally:
-            await probe.close()
-            await connection.close()
+            state.evaluate()
+        except Exception:
+            logger.exception("evaluation failed")
+        await asyncio.sleep(max(0.05, EVALUATION_INTERVAL_S - (time.monotonic() - started)))
 
-    # no request spans: the monitor's HTTP traffic is dashboards and probes polling, not user messages
-    app = FastAPI(title="chat-monitor", lifespan=lifespan, docs_url=None, redoc_url=None, telemetry={"tracing": False})
-    app.state.monitor = state
+
+@contextlib.asynccontextmanager
+async def running(state: MonitorState, webhook: WebhookNotifier | None) -> AsyncIterator[None]:
+    """The monitor's life: the heartbeat consumer, the evaluation loop and the webhook sender."""
+    settings = state.settings
+    connection = await connect(settings.amqp_url, name=f"monitor {settings.instance_id}")
+    probe = QueueProbe(connection)
+    try:
+        channel = await connection.channel()
+        exchange = await topology.declare_telemetry(channel)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True, arguments={"x-message-ttl": 30_000})
+        await queue.bind(exchange)
+        await queue.consume(state.on_heartbeat, no_ack=True)
+        state.connected = True
+        connection.close_callbacks.add(lambda *_: setattr(state, "connected", False))
+        connection.reconnect_callbacks.add(lambda *_: setattr(state, "connected", True))
+        async with asyncio.TaskGroup() as tasks:
+            background = [tasks.create_task(evaluate_forever(state, probe))]
+            if webhook is not None:
+                background.append(tasks.create_task(webhook.run()))
+            logger.info("monitor %s ready", settings.instance_id)
+            try:
+                yield
+            finally:
+                for task in background:
+                    task.cancel()
+    finally:
+        await probe.close()
+        await connection.close()
+
+
+def routes(state: MonitorState) -> APIRouter:
+    """The monitor's HTTP API (SPEC §5): handlers only read what the evaluation loop keeps."""
+    router = APIRouter()
     static = resources.files("chat_monitor") / "static"
-    app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
-    @app.get("/api/websocket/health")
+    @router.get("/api/websocket/health")
     async def health() -> JSONResponse:
         report = state.health()
         return JSONResponse(report.to_json(), status_code=report.http_status)
 
-    @app.get("/readyz")
+    @router.get("/readyz")
     async def readyz() -> JSONResponse:
         """200 when the monitor hears the cluster (connected to RabbitMQ); the cluster's own health
         is ``/api/websocket/health``."""
@@ -171,35 +176,52 @@ def create_app(settings: Settings) -> FastAPI:
             {"status": "not_ready", "role": "monitor", "reasons": ["not connected to RabbitMQ"]}, status_code=503
         )
 
-    @app.get("/livez")
+    @router.get("/livez")
     async def livez() -> JSONResponse:
         return JSONResponse({"status": "alive", "role": "monitor"})
 
-    @app.get("/api/websocket/metrics")
+    @router.get("/api/websocket/metrics")
     async def metrics() -> dict[str, Any]:
         return state.document()
 
-    @app.get("/api/websocket/metrics/timeline")
+    @router.get("/api/websocket/metrics/timeline")
     async def timeline(since: int = 0) -> dict[str, Any]:
         """Points of the dashboard's charts newer than ``since`` (epoch ms), one per second, 15 minutes at most."""
         return {"points": state.timeline.since(since)}
 
-    @app.get("/api/websocket/alerts")
+    @router.get("/api/websocket/alerts")
     async def alerts() -> dict[str, Any]:
         return {"open": state.alerts.open_alerts(), "recent": list(state.alerts.recent)[::-1]}
 
-    @app.get("/metrics")
+    @router.get("/metrics")
     async def prometheus() -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/dashboard", response_class=HTMLResponse)
+    @router.get("/dashboard", response_class=HTMLResponse)
     async def dashboard() -> HTMLResponse:
         return HTMLResponse((static / "dashboard.html").read_text(encoding="utf-8"))
 
-    @app.get("/")
+    @router.get("/")
     async def root() -> RedirectResponse:
         return RedirectResponse("/dashboard")
 
+    return router
+
+
+def create_app(settings: Settings) -> FastAPI:
+    state, webhook = make_state(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with running(state, webhook):
+            yield
+
+    # no request spans: the monitor's HTTP traffic is dashboards and probes polling, not user messages
+    app = FastAPI(title="chat-monitor", lifespan=lifespan, docs_url=None, redoc_url=None, telemetry={"tracing": False})
+    app.state.monitor = state
+    static = resources.files("chat_monitor") / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    app.include_router(routes(state))
     app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestLimits)
     return app
