@@ -45,6 +45,21 @@ CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerRow:
+    """One answer to store (``ChatStore.add_assistant_messages``)."""
+
+    message_id: str
+    chat_id: str
+    request_id: str
+    content: str
+    status: MessageStatus
+    finish_reason: str | None
+    error_code: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Chat:
     id: str
     user_id: str
@@ -219,31 +234,56 @@ class ChatStore:
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
     ) -> bool:
-        """Store the answer to a request once; return ``False`` if it was stored before.
-
-        One statement (atomic by itself): the insert, and the question's status only when the insert
-        happened, instead of BEGIN, INSERT, UPDATE, COMMIT."""
-        inserted = await self.pool.fetchval(
-            "WITH added AS ("
-            " INSERT INTO messages (id, chat_id, role, content, request_id, status, error_code,"
-            " finish_reason, prompt_tokens, completion_tokens)"
-            " VALUES ($1, $2, 'assistant', $3, $4, $5, $6, $7, $8, $9)"
-            " ON CONFLICT DO NOTHING RETURNING request_id),"
-            " question AS ("
-            " UPDATE messages SET status = $5, error_code = $6"
-            " WHERE request_id = (SELECT request_id FROM added) AND role = 'user' RETURNING 1)"
-            " SELECT EXISTS (SELECT 1 FROM added)",
-            uuid.UUID(message_id),
-            uuid.UUID(chat_id),
+        """Store the answer to a request once; return ``False`` if it was stored before."""
+        row = AnswerRow(
+            message_id,
+            chat_id,
+            request_id,
             content,
-            uuid.UUID(request_id),
             status,
-            error_code,
             finish_reason,
+            error_code,
             prompt_tokens,
             completion_tokens,
         )
-        return bool(inserted)
+        return (await self.add_assistant_messages([row]))[0]
+
+    async def add_assistant_messages(self, rows: list[AnswerRow]) -> list[bool]:
+        """Store many answers in one statement; for each row whether it was stored now (``False``: before).
+
+        One statement (atomic by itself): the inserts, and each question's status only where its
+        answer's insert happened, instead of BEGIN, INSERT, UPDATE, COMMIT per answer. Two rows of one
+        request in one call: the first is stored, the second is told it was stored before."""
+        first: dict[uuid.UUID, AnswerRow] = {}
+        for row in rows:
+            first.setdefault(uuid.UUID(row.request_id), row)
+        unique = list(first.values())
+        added = await self.pool.fetch(
+            "WITH rows AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[],"
+            " $6::text[], $7::text[], $8::int[], $9::int[]) AS r(id, chat_id, content, request_id, status,"
+            " error_code, finish_reason, prompt_tokens, completion_tokens)),"
+            " added AS ("
+            " INSERT INTO messages (id, chat_id, role, content, request_id, status, error_code,"
+            " finish_reason, prompt_tokens, completion_tokens)"
+            " SELECT id, chat_id, 'assistant', content, request_id, status, error_code, finish_reason,"
+            " prompt_tokens, completion_tokens FROM rows"
+            " ON CONFLICT DO NOTHING RETURNING request_id, status, error_code),"
+            " question AS ("
+            " UPDATE messages m SET status = a.status, error_code = a.error_code FROM added a"
+            " WHERE m.request_id = a.request_id AND m.role = 'user' RETURNING 1)"
+            " SELECT request_id FROM added",
+            [uuid.UUID(row.message_id) for row in unique],
+            [uuid.UUID(row.chat_id) for row in unique],
+            [row.content for row in unique],
+            [uuid.UUID(row.request_id) for row in unique],
+            [row.status for row in unique],
+            [row.error_code for row in unique],
+            [row.finish_reason for row in unique],
+            [row.prompt_tokens for row in unique],
+            [row.completion_tokens for row in unique],
+        )
+        stored = {record["request_id"] for record in added}
+        return [(key := uuid.UUID(row.request_id)) in stored and first[key] is row for row in rows]
 
     async def fail_stale_requests(self, *, older_than_s: float, error_code: str = "TIMEOUT") -> int:
         """Record as failed every question accepted more than ``older_than_s`` ago that has no answer.
