@@ -122,7 +122,7 @@ def _ready(child: subprocess.Popen[str]) -> None:
     assert child.stdout is not None
     line = child.stdout.readline().strip()
     if line != "ready":
-        raise RuntimeError(f"raw loop {child.args} did not start (exit {child.poll()}): {line!r}")
+        raise RuntimeError(f"raw loop {child.args!r} did not start (exit {child.poll()}): {line!r}")
 
 
 def measure(

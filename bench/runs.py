@@ -83,7 +83,11 @@ class Runs:
     def median_of_keys(self, kind: str, key: str) -> dict[str, float | None]:
         """Per name, the median of ``run[key][name]`` (a dict of figures such as CPU µs per answer)."""
         names: Iterable[str] = {name for run in self.kept(kind) for name in run.get(key) or {}}
-        return {name: self.median(kind, lambda run, n=name: (run.get(key) or {}).get(n)) for name in sorted(names)}
+
+        def picker(name: str) -> Callable[[dict[str, Any]], float | None]:
+            return lambda run: (run.get(key) or {}).get(name)
+
+        return {name: self.median(kind, picker(name)) for name in sorted(names)}
 
     def loads(self) -> list[float]:
         return [run["load_avg_start"] for runs in self.by_kind.values() for run in runs]

@@ -19,6 +19,7 @@ Run: ``uv run python -m bench.throughput --runs 3 --duration 20``.
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 
 from bench import raw_amqp, runs
@@ -105,14 +106,17 @@ def main() -> None:
     taken = runs.Runs.from_args(args)
     for index in range(args.runs):
         for name in wanted:
-            taken.take(name, index, lambda name=name: raw_run(args) if name == "raw" else stack_run(name, args))
+            measure = functools.partial(raw_run, args) if name == "raw" else functools.partial(stack_run, name, args)
+            taken.take(name, index, measure)
     stack_rate = taken.median("coalesced", lambda run: run["answers_per_s"])
     raw_rate = taken.median("raw", lambda run: run["requests_per_s"])
     shape = f"{args.gateways} gateway(s) x {args.workers} worker(s), {args.generators} generators"
     print(f"\nthroughput, median of the kept runs, {shape} ({s.MACHINE_NOTE}):")
     print(f"  full stack (coalesced) {s.fmt(stack_rate, ' answers/s')}")
     if "per-token" in wanted:
-        print(f"  full stack (per-token) {s.fmt(taken.median('per-token', lambda run: run['answers_per_s']))} answers/s")
+        print(
+            f"  full stack (per-token) {s.fmt(taken.median('per-token', lambda run: run['answers_per_s']))} answers/s"
+        )
     print(f"  raw RPC loop           {s.fmt(raw_rate, ' req/s')} ({args.queue_type} queue, {args.replies} replies)")
     print(f"  ratio {s.fmt(runs.ratio(stack_rate, raw_rate), digits=3)} (goals: >= 833 answers/s, ratio >= 0.6)")
     path = s.save("throughput", {"args": vars(args), "runs": taken.by_kind})
