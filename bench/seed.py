@@ -41,7 +41,8 @@ def peak(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         else:
             proc = running.bare(s.BARE_PORT, **REALISTIC)
         result = s.loadtest(
-            "peak", proc.port, "--duration", args.duration, "--warmup", args.warmup,
+            "peak", proc.port, "--users", args.peak_users, "--rate", args.peak_rate,
+            "--duration", args.duration, "--warmup", args.warmup,
             "--processes", args.generators, "--settle", 2,
             pid=proc.pid, tag=f"peak-{kind}", cpu_groups=s.service_groups(running),
         )  # fmt: skip
@@ -54,7 +55,7 @@ def stress(args: argparse.Namespace) -> dict[str, Any]:
         for index in range(args.stress_workers):
             running.worker(index, WORKER_CONCURRENCY=args.stress_concurrency, **REALISTIC)
         result = s.loadtest(
-            "stress", proc.port, "--duration", args.duration, "--warmup", args.warmup,
+            "stress", proc.port, "--users", args.stress_users, "--duration", args.duration, "--warmup", args.warmup,
             "--processes", args.generators, "--settle", 5,
             pid=proc.pid, tag="stress", cpu_groups=s.service_groups(running),
         )  # fmt: skip
@@ -95,6 +96,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     runs.add_options(parser, duration=60)
     parser.add_argument("--generators", type=int, default=2, help="load generator processes")
+    parser.add_argument("--peak-users", type=int, default=1000, help="users in peak (3 connections each)")
+    parser.add_argument("--peak-rate", type=float, default=1000, help="messages per minute in peak")
+    parser.add_argument("--stress-users", type=int, default=1500, help="users in stress")
     parser.add_argument("--workers", type=int, default=1, help="LLM workers in peak")
     parser.add_argument("--peak-concurrency", type=int, default=128, help="WORKER_CONCURRENCY in peak")
     parser.add_argument("--stress-workers", type=int, default=1, help="LLM workers in stress")
