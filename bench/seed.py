@@ -7,8 +7,14 @@ same model (same run) is the measured baseline. Goal: p99 answer time minus the 
 gateway RSS against the original's 500 MB.
 
 ``stress``: 1500 users at maximum activity (closed loop, the default rate limit of 30 messages per
-minute per user), same model. Goal: no error other than RATE_LIMITED; gateway RSS back within 10 %
-of its value before the connections once everyone has disconnected.
+minute per user), same model, ``--stress-workers`` workers. Goals: no error other than RATE_LIMITED,
+p99 answer minus the model's time <= 500 ms, gateway RSS back within 10 % of its value before the
+connections once everyone has disconnected.
+
+Latencies are those of the answers completed within the measured window (``--warmup`` seconds of
+load first, then ``--duration``), with CPU per answer of every process over it; ``--generators``
+load-generator processes. Median of the kept runs (see ``bench.runs``); the last line on stdout is
+one JSON object.
 
 Run: ``uv run python -m bench.seed --runs 3 --duration 60``.
 """
@@ -16,8 +22,10 @@ Run: ``uv run python -m bench.seed --runs 3 --duration 60``.
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 
+from bench import runs
 from bench import stack as s
 
 REALISTIC = {"FAKE_LLM_FIRST_TOKEN_MS": 300, "FAKE_LLM_TOKENS_PER_SECOND": 40, "FAKE_LLM_ANSWER_TOKENS": 80}
@@ -28,12 +36,15 @@ def peak(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     with s.stack() as running:
         if kind == "stack":
             proc = running.gateway(WS_MAX_CONNECTIONS=3000, WS_MAX_CONNECTIONS_PER_USER=3)
-            running.worker(0, WORKER_CONCURRENCY=128, **REALISTIC)
+            for index in range(args.workers):
+                running.worker(index, WORKER_CONCURRENCY=args.peak_concurrency, **REALISTIC)
         else:
-            proc = running.bare(**REALISTIC)
+            proc = running.bare(s.BARE_PORT, **REALISTIC)
         result = s.loadtest(
-            "peak", proc.port, "--duration", args.duration, "--processes", 2, "--settle", 2,
-            pid=proc.pid, tag=f"peak-{kind}",
+            "peak", proc.port, "--users", args.peak_users, "--rate", args.peak_rate,
+            "--duration", args.duration, "--warmup", args.warmup,
+            "--processes", args.generators, "--settle", 2,
+            pid=proc.pid, tag=f"peak-{kind}", cpu_groups=s.service_groups(running),
         )  # fmt: skip
     return summarise(result)
 
@@ -41,77 +52,110 @@ def peak(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 def stress(args: argparse.Namespace) -> dict[str, Any]:
     with s.stack() as running:
         proc = running.gateway()
-        running.worker(0, WORKER_CONCURRENCY=args.stress_concurrency, **REALISTIC)
+        for index in range(args.stress_workers):
+            running.worker(index, WORKER_CONCURRENCY=args.stress_concurrency, **REALISTIC)
         result = s.loadtest(
-            "stress", proc.port, "--duration", args.duration, "--processes", 2, "--settle", 5,
-            pid=proc.pid, tag="stress",
+            "stress", proc.port, "--users", args.stress_users, "--duration", args.duration, "--warmup", args.warmup,
+            "--processes", args.generators, "--settle", 5,
+            pid=proc.pid, tag="stress", cpu_groups=s.service_groups(running),
         )  # fmt: skip
     figures = summarise(result)
     rss = result["gateway"]["rss_bytes"]
-    figures["rss_after_disconnect_mb"] = rss["after_disconnect"] / 2**20
-    figures["rss_back_within_pct"] = (rss["after_disconnect"] - rss["before"]) / rss["before"] * 100
+    figures["rss_after_disconnect_mb"] = round(rss["after_disconnect"] / 2**20, 1)
+    figures["rss_back_within_pct"] = round((rss["after_disconnect"] - rss["before"]) / rss["before"] * 100, 1)
     return figures
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
     latency, messages, rss = result["latency_ms"], result["messages"], result["gateway"]["rss_bytes"]
+    window = result["window"]
+    end_p99 = window["latency_ms"]["end"]["p99"]
     return {
         "joined": result["connections"]["joined"],
         "refused": result["connections"]["refused"],
+        "answered_in_window": window["answered"],
+        "answers_per_s": window["answers_per_s"],
+        "end_p50": window["latency_ms"]["end"]["p50"],
+        "end_p99": end_p99,
+        "p99_minus_model_ms": None if end_p99 is None else round(end_p99 - MODEL_MS, 1),
+        "first_chunk_p99": window["latency_ms"]["first_chunk"]["p99"],
+        "cpu_us_per_answer": result["cpu_us_per_answer"],
         "sent": messages["sent"],
         "answered": messages["answered"],
-        "answered_per_minute": messages["answered_per_minute"],
         "incomplete": messages["incomplete"],
+        "unfinished": messages["unfinished"],
         "errors": messages["errors"],
+        "other_errors": sum(n for code, n in messages["errors"].items() if code != "RATE_LIMITED"),
         "accepted_p99": latency["accepted"]["p99"],
-        "first_chunk_p99": latency["first_chunk"]["p99"],
-        "end_p50": latency["end"]["p50"],
-        "end_p99": latency["end"]["p99"],
-        "rss_before_mb": rss["before"] / 2**20,
-        "rss_peak_mb": (result["gateway"]["rss_peak_bytes"] or 0) / 2**20,
+        "rss_before_mb": round(rss["before"] / 2**20, 1),
+        "rss_peak_mb": round((result["gateway"]["rss_peak_bytes"] or 0) / 2**20, 1),
     }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=60)
+    runs.add_options(parser, duration=60)
+    parser.add_argument("--generators", type=int, default=2, help="load generator processes")
+    parser.add_argument("--peak-users", type=int, default=1000, help="users in peak (3 connections each)")
+    parser.add_argument("--peak-rate", type=float, default=1000, help="messages per minute in peak")
+    parser.add_argument("--stress-users", type=int, default=1500, help="users in stress")
+    parser.add_argument("--workers", type=int, default=1, help="LLM workers in peak")
+    parser.add_argument("--peak-concurrency", type=int, default=128, help="WORKER_CONCURRENCY in peak")
+    parser.add_argument("--stress-workers", type=int, default=1, help="LLM workers in stress")
     parser.add_argument("--stress-concurrency", type=int, default=200, help="WORKER_CONCURRENCY in stress")
     parser.add_argument("--only", choices=["peak", "stress"])
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def report(taken: runs.Runs) -> dict[str, Any]:
+    """Print the medians; return the figures of the final JSON line."""
+
+    def p99_over_model(kind: str) -> float | None:
+        return taken.median(kind, lambda r: r["p99_minus_model_ms"])
+
+    figures: dict[str, Any] = {"model_ms": MODEL_MS}
+    print(f"\nseed scenarios, median of the kept runs ({s.MACHINE_NOTE}):")
+    if "peak-stack" in taken.by_kind:
+        figures |= {
+            "peak_p99_minus_model_ms": p99_over_model("peak-stack"),
+            "peak_bare_p99_minus_model_ms": p99_over_model("peak-bare"),
+            "peak_first_chunk_p99_ms": taken.median("peak-stack", lambda r: r["first_chunk_p99"]),
+            "peak_gateway_rss_mb": taken.median("peak-stack", lambda r: r["rss_peak_mb"]),
+            "peak_cpu_us_per_answer": taken.median_of_keys("peak-stack", "cpu_us_per_answer"),
+        }
+        print(f"  peak   p99 answer minus the model's {MODEL_MS:.0f} ms: {s.fmt(figures['peak_p99_minus_model_ms'])} ms"
+              f" (bare endpoint: {s.fmt(figures['peak_bare_p99_minus_model_ms'])} ms; goal <= 50 ms)")  # fmt: skip
+        print(f"         gateway RSS peak {s.fmt(figures['peak_gateway_rss_mb'], ' MB')} (the original: about 500 MB)")
+    if "stress" in taken.by_kind:
+        figures |= {
+            "stress_p99_minus_model_ms": p99_over_model("stress"),
+            "stress_first_chunk_p99_ms": taken.median("stress", lambda r: r["first_chunk_p99"]),
+            "stress_errors": [r["errors"] for r in taken.kept("stress")],
+            "stress_other_errors": max((r["other_errors"] for r in taken.kept("stress")), default=None),
+            "stress_rss_after_disconnect_pct": taken.median("stress", lambda r: r["rss_back_within_pct"]),
+            "stress_cpu_us_per_answer": taken.median_of_keys("stress", "cpu_us_per_answer"),
+        }
+        print(f"  stress errors per kept run {figures['stress_errors']} (goal: RATE_LIMITED only)")
+        print(f"         p99 answer minus the model: {s.fmt(figures['stress_p99_minus_model_ms'])} ms (goal <= 500 ms)")
+        print(f"         RSS after disconnect vs before: {s.fmt(figures['stress_rss_after_disconnect_pct'], ' %')}"
+              " (goal: within 10 %)")  # fmt: skip
+    return figures
+
+
+def main() -> None:
+    args = parse_args()
     s.prepare()
-    runs: dict[str, list[dict[str, Any]]] = {"peak-stack": [], "peak-bare": [], "stress": []}
+    taken = runs.Runs.from_args(args)
     for index in range(args.runs):
         if args.only != "stress":
             for kind in ("stack", "bare"):
-                figures = peak(kind, args)
-                figures["load"] = s.load_note()
-                runs[f"peak-{kind}"].append(figures)
-                print(f"run {index + 1} peak-{kind} {figures}", flush=True)
+                taken.take(f"peak-{kind}", index, functools.partial(peak, kind, args))
         if args.only != "peak":
-            figures = stress(args)
-            figures["load"] = s.load_note()
-            runs["stress"].append(figures)
-            print(f"run {index + 1} stress {figures}", flush=True)
-    print(f"\nseed scenarios, median of {args.runs} ({s.MACHINE_NOTE}):")
-    if runs["peak-stack"]:
-        stack_p99 = s.median([r["end_p99"] for r in runs["peak-stack"]])
-        bare_p99 = s.median([r["end_p99"] for r in runs["peak-bare"]])
-        rss = s.median([r["rss_peak_mb"] for r in runs["peak-stack"]])
-        print(
-            f"  peak   p99 answer {stack_p99:.0f} ms; minus the model's {MODEL_MS:.0f} ms: "
-            f"{stack_p99 - MODEL_MS:+.0f} ms"
-        )
-        print(f"         bare endpoint, same model, same load: p99 {bare_p99:.0f} ms ({bare_p99 - MODEL_MS:+.0f} ms)")
-        print(f"         stack minus bare: {stack_p99 - bare_p99:+.0f} ms (goal <= 50 ms over the model)")
-        print(f"         gateway RSS peak {rss:.0f} MB (the original's figure: about 500 MB)")
-    if runs["stress"]:
-        errors = [r["errors"] for r in runs["stress"]]
-        back = s.median([r["rss_back_within_pct"] for r in runs["stress"]])
-        print(f"  stress errors per run {errors} (goal: RATE_LIMITED only)")
-        print(f"         RSS after disconnect vs before: {back:+.1f} % (goal: within 10 %)")
-    path = s.save("seed", {"args": vars(args), "runs": runs, "model_ms": MODEL_MS})
-    print(f"  saved {path}")
+            taken.take("stress", index, lambda: stress(args))
+    figures = report(taken)
+    path = s.save("seed", {"args": vars(args), "runs": taken.by_kind, "model_ms": MODEL_MS})
+    print(f"  saved {path}  (load average now {runs.load_avg()})")
+    runs.emit({**figures, "workers": args.workers, "stress_workers": args.stress_workers, **taken.summary()})
 
 
 if __name__ == "__main__":

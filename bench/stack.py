@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -19,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench import cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -88,6 +91,10 @@ class Stack:
         wait_ready(proc, f"http://127.0.0.1:{port}{ready_path}")
         return proc
 
+    def gateways(self, count: int, **env: object) -> list[Proc]:
+        """``count`` gateways on ports 3400, 3401, ..."""
+        return [self.gateway(GATEWAY_PORT + index, **env) for index in range(count)]
+
     def gateway(self, port: int = GATEWAY_PORT, **env: object) -> Proc:
         return self.start(
             "gateway",
@@ -152,27 +159,64 @@ def wait_ready(proc: Proc, url: str, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{proc.name} not ready at {url}")
 
 
-def loadtest(scenario: str, port: int, *args: object, pid: int | None = None, tag: str = "") -> dict[str, Any]:
-    """Run ``chat-loadtest`` as a separate process (its own cores' worth of scheduling) and return its result."""
-    out = LOG_DIR / f"loadtest-{scenario}-{tag or port}-{time.time_ns()}.json"
-    argv = [
-        str(BIN / "chat-loadtest"),
-        scenario,
-        "--url",
-        f"ws://127.0.0.1:{port}/ws/chat",
-        "--secret",
-        SECRET,
-        "--out",
-        str(out),
-        *map(str, args),
-    ]
+def service_groups(running: Stack) -> dict[str, cpu.Finder]:
+    """The processes whose CPU a run reports: our gateways and workers (or the bare endpoint),
+    RabbitMQ (``beam.smp``) and PostgreSQL (every ``postgres`` process: the backends, the WAL writer,
+    the checkpointer; on a machine where only the benchmark runs they all work for it)."""
+    groups: dict[str, cpu.Finder] = {}
+    for name in ("gateway", "worker", "bare"):
+        pids = [proc.pid for proc in running.procs if proc.name == name]
+        if pids:
+            groups[name] = cpu.with_descendants(pids)
+    groups["rabbitmq"] = cpu.by_command("beam.smp")
+    groups["postgresql"] = cpu.by_command("postgres")
+    return groups
+
+
+def loadtest(
+    scenario: str,
+    ports: int | list[int],
+    *args: object,
+    pid: int | None = None,
+    tag: str = "",
+    cpu_groups: dict[str, cpu.Finder] | None = None,
+) -> dict[str, Any]:
+    """Run ``chat-loadtest`` as a separate process (its own cores' worth of scheduling) and return its
+    result. Connections are spread over the gateways on ``ports``. With ``cpu_groups``, the CPU of
+    each group and of the load tool itself (``load_generator``: its process and its generators) is
+    sampled, and ``cpu_us_per_answer`` is added for the result's measured window."""
+    out = LOG_DIR / f"loadtest-{scenario}-{tag or ports}-{time.time_ns()}.json"
+    urls = [arg for port in ([ports] if isinstance(ports, int) else ports) for arg in ("--url", ws_url(port))]
+    argv = [str(BIN / "chat-loadtest"), scenario, *urls, "--secret", SECRET, "--out", str(out), *map(str, args)]
     if pid is not None:
         argv += ["--gateway-pid", str(pid)]
-    completed = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if completed.returncode != 0 or not out.exists():
-        raise RuntimeError(f"chat-loadtest failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
+    LOG_DIR.mkdir(exist_ok=True)
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        groups = {**(cpu_groups or {}), "load_generator": cpu.with_descendants([process.pid])}
+        with cpu.CpuSampler(groups) as sampler:
+            process.wait()
+        stderr.seek(0)
+        if process.returncode != 0 or not out.exists():
+            raise RuntimeError(f"chat-loadtest failed ({process.returncode}):\n{stderr.read()[-3000:]}")
     result: dict[str, Any] = json.loads(out.read_text())
+    win = result["window"]
+    result["cpu_us_per_answer"] = cpu.per_answer_us(sampler.window(win["t0"], win["t1"]), win["answers_per_s"] or 0)
     return result
+
+
+def ws_url(port: int) -> str:
+    return f"ws://127.0.0.1:{port}/ws/chat"
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50 and p99 (nearest rank) of ``values`` in ms, rounded to 0.1 ms."""
+    ordered = sorted(values)
+
+    def rank(q: float) -> float | None:
+        return round(ordered[max(1, math.ceil(q * len(ordered))) - 1], 1) if ordered else None
+
+    return {"p50_ms": rank(0.50), "p99_ms": rank(0.99)}
 
 
 def median(values: list[float]) -> float:

@@ -63,7 +63,9 @@ async def test_rate_scenario_gets_every_answer_complete(gateway: ServiceProcess,
 
 
 async def test_closed_loop_across_two_processes(gateway: ServiceProcess, tmp_path: Path) -> None:
-    result = await run_loadtest(gateway, tmp_path, "burst", "--users", "4", "--duration", "2", "--processes", "2")
+    # a burst user sends its next message as soon as an answer ends: one second keeps each user under the
+    # stack's 30 messages a minute (two seconds came to 26-31 on a quiet machine, and the rest were RATE_LIMITED)
+    result = await run_loadtest(gateway, tmp_path, "burst", "--users", "4", "--duration", "1", "--processes", "2")
     messages = result["messages"]
     assert isinstance(messages, dict)
     assert result["generator_processes"] == 2

@@ -37,10 +37,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     default_url = os.environ.get("LOADTEST_URL") or f"ws://127.0.0.1:{os.environ.get('GATEWAY_PORT', '3000')}/ws/chat"
-    parser.add_argument("--url", default=default_url, help=f"gateway WebSocket URL (default {default_url})")
+    parser.add_argument(
+        "--url",
+        action="append",
+        dest="urls",
+        help=f"gateway WebSocket URL (default {default_url}); repeat it to spread the connections over"
+        " several gateways",
+    )
     parser.add_argument("--users", type=int, help="number of users")
     parser.add_argument("--chats", type=int, help="connections per user, each in a chat of its own")
-    parser.add_argument("--duration", type=float, dest="duration_s", help="seconds of load")
+    parser.add_argument("--duration", type=float, dest="duration_s", help="seconds of load (the measured window)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        help="seconds of load before the measured window: the result's `window` counts only the answers"
+        " completed within [start + warmup, start + warmup + duration]",
+    )
     parser.add_argument("--rate", type=float, help="messages per minute in all (rate-mode scenarios)")
     parser.add_argument("--mode", choices=["rate", "closed", "idle"], help="override the scenario's mode")
     parser.add_argument("--processes", type=int, default=1, help="generator processes (for many sockets or much load)")
@@ -65,18 +78,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="exit 1 unless every connection joined and every answer arrived complete (RATE_LIMITED allowed)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.urls = tuple(args.urls or [default_url])
+    return args
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     scenario = SCENARIOS[args.scenario].with_overrides(
         users=args.users, chats=args.chats, duration_s=args.duration_s, rate=args.rate, mode=args.mode
     )
-    if scenario.users < 1 or scenario.chats < 1 or scenario.duration_s < 0:
-        raise SystemExit("--users and --chats must be at least 1, --duration not negative")
+    if scenario.users < 1 or scenario.chats < 1 or scenario.duration_s < 0 or args.warmup < 0:
+        raise SystemExit("--users and --chats must be at least 1, --duration and --warmup not negative")
     return RunConfig(
         scenario=scenario,
-        url=args.url,
+        urls=args.urls,
         secret=args.secret or os.environ.get("JWT_SECRET") or DEV_SECRET,
         audience=args.audience,
         issuer=args.issuer,
@@ -85,6 +100,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         connect_concurrency=args.connect_concurrency,
         answer_timeout=args.answer_timeout,
         drain_s=args.drain,
+        warmup_s=args.warmup,
     )
 
 
@@ -128,6 +144,12 @@ def render(result: dict[str, Any]) -> str:
                 f"{name + ' ms':<13}p50 {stats['p50']}  p95 {stats['p95']}  p99 {stats['p99']}  max {stats['max']}"
                 f"  (n={stats['count']})"
             )
+    win = result["window"]
+    lines.append(
+        f"window       {win['answered']} answered in {win['seconds']} s after {result['warmup_seconds']} s of"
+        f" warm-up: {win['answers_per_s']} answers/s; end p50 {win['latency_ms']['end']['p50']}"
+        f" p99 {win['latency_ms']['end']['p99']} ms"
+    )
     per = gw["rss_per_connection_bytes"]
     lines.append(
         f"gateway RSS  before {mb('before')}  connected {mb('connected')}  after load {mb('after_load')}"

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from chat_loadtest import procinfo
 from chat_loadtest.share import RunConfig, Share, run_share
-from chat_loadtest.stats import merge, summary
+from chat_loadtest.stats import merge, summary, window
 
 
 @dataclass
@@ -122,7 +122,10 @@ def run_load(
     time.sleep(settle_s)
     probe.sample("after_disconnect")
     total = merge([results[i] for i in sorted(results)])
-    return _result(config, shares, total, probe, load_ended - load_started)
+    result = _result(config, shares, total, probe, load_ended - load_started)
+    t0 = load_started + config.warmup_s
+    result["window"] = window(total.get("completed", []), t0, t0 + config.scenario.duration_s)
+    return result
 
 
 def _progress_line(phase: str, elapsed: float, counts: dict[str, Any], probe: GatewayProbe) -> str:
@@ -157,10 +160,11 @@ def _result(
     minutes = load_s / 60 if load_s > 0 else None
     return {
         "scenario": asdict(config.scenario),
-        "target": config.url,
+        "target": config.url if len(config.urls) == 1 else list(config.urls),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "generator_processes": len(shares),
         "load_seconds": round(load_s, 2),
+        "warmup_seconds": config.warmup_s,
         "connections": {
             "wanted": config.scenario.connections,
             "opened": total.get("connections_opened", 0),

@@ -121,10 +121,12 @@ class SimConnection:
         rec.accepted_ms.append((answer.accepted_at - answer.sent_at) * 1000)
         next_seq, in_order = 1, True
         parts: list[str] = []
+        first_ms: float | None = None
         async for event in answer:
             if isinstance(event, AnswerChunk):
                 if not parts and answer.first_chunk_at is not None:
-                    rec.first_chunk_ms.append((answer.first_chunk_at - answer.sent_at) * 1000)
+                    first_ms = (answer.first_chunk_at - answer.sent_at) * 1000
+                    rec.first_chunk_ms.append(first_ms)
                 in_order = in_order and event.seq == next_seq
                 next_seq += 1
                 parts.append(event.delta)
@@ -133,9 +135,12 @@ class SimConnection:
             if isinstance(event, AnswerRestarted):  # a redelivered request: the text starts over
                 next_seq, parts = 1, []
                 continue
-            rec.end_ms.append(((answer.ended_at or time.monotonic()) - answer.sent_at) * 1000)
+            ended_at = answer.ended_at or time.monotonic()
+            end_ms = (ended_at - answer.sent_at) * 1000
+            rec.end_ms.append(end_ms)
             if in_order and "".join(parts) == event.content and event.finish_reason != "cancelled":
                 rec.answered += 1
+                rec.completed.append((ended_at, first_ms, end_ms))
                 return Outcome("answered")
             rec.incomplete += 1
             return Outcome("incomplete")

@@ -25,7 +25,8 @@ from chat_loadtest.stats import Recorder
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     scenario: Scenario
-    url: str
+    urls: tuple[str, ...]
+    """gateway WebSocket URLs: connection ``n`` of the run goes to ``urls[n % len(urls)]``."""
     secret: str
     audience: str | None = None
     issuer: str | None = None
@@ -35,6 +36,16 @@ class RunConfig:
     connect_timeout: float = 30.0
     answer_timeout: float = 130.0
     drain_s: float = 30.0
+    warmup_s: float = 0.0
+    """seconds of load before the measured window (the load runs ``warmup_s + duration_s``)."""
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    @property
+    def load_s(self) -> float:
+        return self.warmup_s + self.scenario.duration_s
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,7 +66,7 @@ class Gate(Protocol):
 
 
 def make_token(config: RunConfig, user_id: str) -> str:
-    claims: dict[str, Any] = {"sub": user_id, "exp": int(time.time() + config.scenario.duration_s + 3600)}
+    claims: dict[str, Any] = {"sub": user_id, "exp": int(time.time() + config.load_s + 3600)}
     if config.audience:
         claims["aud"] = config.audience
     if config.issuer:
@@ -71,7 +82,8 @@ async def run_share(config: RunConfig, share: Share, channel: Channel, go: Gate,
         token = make_token(config, f"{config.user_prefix}-{user}")
         for chat in range(scenario.chats):
             chat_type = "documents" if (user + chat) % 2 else "messages"
-            connections.append(SimConnection(config.url, token, chat_type, rec, answer_timeout=config.answer_timeout))
+            url = config.urls[(user * scenario.chats + chat) % len(config.urls)]
+            connections.append(SimConnection(url, token, chat_type, rec, answer_timeout=config.answer_timeout))
     progress = asyncio.create_task(_report_progress(rec, share.index, channel))
     try:
         gate = asyncio.Semaphore(config.connect_concurrency)
@@ -85,11 +97,11 @@ async def run_share(config: RunConfig, share: Share, channel: Channel, go: Gate,
         await asyncio.to_thread(go.wait)
         alive = [c for c in connections if c.alive]
         if scenario.mode == "closed":
-            await _closed_loop(alive, scenario.duration_s, config.drain_s)
+            await _closed_loop(alive, config.load_s, config.drain_s)
         elif scenario.mode == "rate":
-            await _at_rate(alive, share.rate, scenario.duration_s, config.drain_s, rec)
+            await _at_rate(alive, share.rate, config.load_s, config.drain_s, rec)
         else:
-            await asyncio.sleep(scenario.duration_s)
+            await asyncio.sleep(config.load_s)
         channel.put(("loaded", share.index, rec.counts()))
         await asyncio.to_thread(release.wait)
         closing = asyncio.Semaphore(config.connect_concurrency)

@@ -51,6 +51,9 @@ class Recorder:
     accepted_ms: list[float] = field(default_factory=list)
     first_chunk_ms: list[float] = field(default_factory=list)
     end_ms: list[float] = field(default_factory=list)
+    completed: list[tuple[float, float | None, float]] = field(default_factory=list)
+    """every complete answer as (``time.monotonic()`` at its end, first chunk ms, end ms): the clock
+    is the box's CLOCK_MONOTONIC, the same in every generator process, so windows can be cut."""
 
     @property
     def in_flight(self) -> int:
@@ -79,6 +82,7 @@ class Recorder:
             "accepted_ms": self.accepted_ms,
             "first_chunk_ms": self.first_chunk_ms,
             "end_ms": self.end_ms,
+            "completed": self.completed,
         }
 
 
@@ -96,3 +100,20 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
             else:
                 total[key] = total.get(key, 0) + value
     return total
+
+
+def window(completed: list[tuple[float, float | None, float]], t0: float, t1: float) -> dict[str, Any]:
+    """The answers completed within ``[t0, t1]``: how many, per second, and their latencies."""
+    inside = [(first, end) for at, first, end in completed if t0 <= at <= t1]
+    seconds = t1 - t0
+    return {
+        "t0": t0,
+        "t1": t1,
+        "seconds": round(seconds, 3),
+        "answered": len(inside),
+        "answers_per_s": round(len(inside) / seconds, 1) if seconds > 0 else None,
+        "latency_ms": {
+            "first_chunk": summary([first for first, _ in inside if first is not None]),
+            "end": summary([end for _, end in inside]),
+        },
+    }
