@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -55,6 +56,7 @@ async def amain(settings: Settings, *, sampler: RequestSampler | None = None) ->
         await worker.start()
         beats = asyncio.create_task(worker.heartbeats())
         reaper = asyncio.create_task(worker.reap_forever())
+        writer = asyncio.create_task(answerer.answers.run())
         logger.info("worker %s ready (provider %s)", settings.instance_id, settings.provider)
         await stop.wait()
         logger.info("worker %s stopping", settings.instance_id)
@@ -62,6 +64,9 @@ async def amain(settings: Settings, *, sampler: RequestSampler | None = None) ->
         reaper.cancel()
         await worker.farewell()
         await worker.stop(grace_s=settings.shutdown_grace / 1000)
+        writer.cancel()  # after the answers it stores have finished
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
     finally:
         server.close()
         await provider.close()

@@ -19,8 +19,9 @@ from typing import Any, Literal, TypeVar
 
 from chat_common.broker import now_ms
 from chat_common.envelopes import ChatRequest
+from chat_common.group_commit import GroupCommit
 from chat_common.settings import Settings
-from chat_common.store import UNAVAILABLE_ERRORS, ChatStore
+from chat_common.store import DATA_ERRORS, UNAVAILABLE_ERRORS, AnswerRow, ChatStore
 from llm_worker.budget import trim_to_budget
 from llm_worker.clean import DeltaCleaner
 from llm_worker.coalesce import Coalescer
@@ -90,6 +91,8 @@ class Answerer:
         self.provider = provider
         self.prompts = prompts
         self.metrics = metrics
+        self.answers = GroupCommit(store.add_assistant_messages, data_errors=DATA_ERRORS)
+        """the answers of concurrent requests stored in one statement; its writer runs in ``__main__``."""
 
     async def prompt(self, request: ChatRequest) -> list[PromptMessage]:
         history = await self.store.history(
@@ -163,20 +166,18 @@ class Answerer:
             }
             self.metrics.tokens.labels("prompt").inc(finish.prompt_tokens or 0)
             self.metrics.tokens.labels("completion").inc(finish.completion_tokens or 0)
-        await with_store_retry(
-            request,
-            lambda: self.store.add_assistant_message(
-                message_id=request.assistant_message_id,
-                chat_id=request.chat_id,
-                request_id=request.request_id,
-                content=content,
-                status=status,
-                finish_reason=finish.reason,
-                error_code="TIMEOUT" if status == "failed" else None,
-                prompt_tokens=finish.prompt_tokens,
-                completion_tokens=finish.completion_tokens,
-            ),
+        row = AnswerRow(
+            message_id=request.assistant_message_id,
+            chat_id=request.chat_id,
+            request_id=request.request_id,
+            content=content,
+            status=status,
+            finish_reason=finish.reason,
+            error_code="TIMEOUT" if status == "failed" else None,
+            prompt_tokens=finish.prompt_tokens,
+            completion_tokens=finish.completion_tokens,
         )
+        await with_store_retry(request, lambda: self.answers.submit(row))
         await replies.end(content, finish_reason=finish.reason, usage=usage)
         outcome: Outcome = "timeout" if status == "failed" else status
         self.metrics.record(outcome, answer_ms=(time.monotonic() - started) * 1000)
