@@ -11,6 +11,7 @@ from tests.client.conftest import QUICK_STOP
 from tests.support.client import make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess, free_port
+from tests.support.wait import eventually
 
 
 async def test_reconnects_after_the_gateway_restarts_and_keeps_the_chat(client_cluster: Cluster) -> None:
@@ -72,17 +73,11 @@ async def test_reconnects_after_the_gateway_restarts_and_keeps_the_chat(client_c
 
 
 async def _connected(client: ChatClient, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while not client.connected and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    return client.connected
+    return bool(await eventually(lambda: client.connected, timeout=timeout, interval=0.02, what="the client connected"))
 
 
 async def _disconnected(client: ChatClient, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while client.connected and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    return not client.connected
+    return bool(await eventually(lambda: not client.connected, timeout=timeout, interval=0.02, what="disconnected"))
 
 
 async def test_token_is_refreshed_before_it_expires(client_gateway: ServiceProcess) -> None:
@@ -101,7 +96,7 @@ async def test_token_is_refreshed_before_it_expires(client_gateway: ServiceProce
     try:
         first_expiry = refreshing.token_expires_at
         assert first_expiry is not None
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # the behaviour under test: time passes beyond the tokens' 3 s life
         assert time.time() > first_expiry + 1
         # the connection without refresh was closed by the gateway when its token expired...
         assert not static.connected

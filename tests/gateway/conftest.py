@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,15 +75,6 @@ async def still_open(client: ChatClient) -> None:
     await client.send("ping", requestId="alive?")
     pong = await client.recv_type("pong", timeout=5)
     assert pong["requestId"] == "alive?"
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 5, every: float = 0.05) -> float:
-    """Wait until ``check`` passes; return the seconds it took (fails after ``timeout``)."""
-    start = time.monotonic()
-    while not await check():
-        assert time.monotonic() - start < timeout, "condition not met in time"
-        await asyncio.sleep(every)
-    return time.monotonic() - start
 
 
 async def refusals(http_url: str) -> dict[tuple[str, str], float]:

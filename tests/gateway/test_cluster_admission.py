@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import signal
 import time
@@ -11,11 +10,12 @@ from typing import Any
 
 import httpx
 
-from tests.gateway.conftest import connect, eventually, joined, until_closed, user
+from tests.gateway.conftest import connect, joined, until_closed, user
 from tests.support.client import ChatClient, make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import free_port
 from tests.support.redis_server import private_redis
+from tests.support.wait import eventually
 
 SLOT_TTL_MS = 1500
 
@@ -55,10 +55,8 @@ async def test_limits_hold_across_gateways_and_a_killed_gateway_frees_its_slots(
     assert await refused_on(url_a, token) == "TOO_MANY_CONNECTIONS"
     assert await refused_on(url_b, token) == "TOO_MANY_CONNECTIONS"
     await on_a.close()
-    for _ in range(50):  # the slot is given back as soon as gateway A sees the close
-        if (admitted := await refused_on(url_b, token)) is None:
-            break
-    assert admitted is None
+    # the slot is given back as soon as gateway A sees the close
+    await eventually(lambda: refused_on(url_b, token), accept=lambda code: code is None, what="the slot given back")
 
     # rate limit: three messages in the window, wherever they are sent
     on_a = await joined(url_a, token)
@@ -82,9 +80,14 @@ async def test_limits_hold_across_gateways_and_a_killed_gateway_frees_its_slots(
     killed_at = time.monotonic()
     await second.wait_exit(10)
     assert await refused_on(url_a, victim) == "TOO_MANY_CONNECTIONS"  # still held right after the kill
-    while (outcome := await refused_on(url_a, victim)) is not None:
-        assert outcome == "TOO_MANY_CONNECTIONS"
-        assert time.monotonic() - killed_at < SLOT_TTL_MS / 1000 + 2.0, "slots of the killed gateway did not expire"
+
+    async def freed() -> bool:
+        outcome = await refused_on(url_a, victim)
+        assert outcome in (None, "TOO_MANY_CONNECTIONS"), outcome
+        return outcome is None
+
+    left = SLOT_TTL_MS / 1000 + 2.0 - (time.monotonic() - killed_at)
+    await eventually(freed, timeout=left, interval=0.05, retry_on=(), what="slots of the killed gateway expired")
     freed_after = time.monotonic() - killed_at
     assert freed_after <= SLOT_TTL_MS / 1000 + 2.0
     del held
@@ -150,8 +153,13 @@ async def test_slots_admitted_while_redis_was_away_count_again_when_it_returns(c
         await redis_server.start()  # empty: every slot is gone
         back = time.monotonic()
         limit_s = ttl_ms / 1000 + 3.0
-        while (outcome := await refused_on(url_b, token)) is None:
-            assert time.monotonic() - back < limit_s, "the limit does not hold across gateways after the outage"
+        outcome = await eventually(
+            lambda: refused_on(url_b, token),
+            accept=lambda code: code is not None,
+            timeout=limit_s - (time.monotonic() - back),
+            interval=0.05,
+            what="the limit holding across gateways after the outage",
+        )
         assert outcome == "TOO_MANY_CONNECTIONS"
         for http_url in (first.extra["http_url"], second.extra["http_url"]):
             await eventually(lambda url=http_url: _redis_ok(url), timeout=limit_s)  # type: ignore[misc]
@@ -211,7 +219,9 @@ async def test_monitor_counts_a_user_on_two_gateways_once(cluster: Cluster, log_
         await eventually(lambda: counted(1, 1), timeout=10)
 
         redis_server.stop()  # the gateways cannot count the cluster: the monitor says it sums
-        figures = await eventually_value(cluster_figures, lambda f: f["usersCounted"] == "per_gateway_sum")
+        figures = await eventually(
+            cluster_figures, accept=lambda f: f["usersCounted"] == "per_gateway_sum", interval=0.2
+        )
         assert figures["users"] == 1
         await clients[0].close()
 
@@ -220,13 +230,3 @@ async def _prometheus_users_are(http_url: str, users: int) -> bool:
     async with httpx.AsyncClient(timeout=5) as http:
         text = (await http.get(http_url + "/metrics")).text
     return re.search(rf"^chat_monitor_users {users}\.0$", text, re.MULTILINE) is not None
-
-
-async def eventually_value(probe: Any, accept: Any, *, timeout: float = 10) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if accept(value):
-            return value
-        assert time.monotonic() < deadline, f"condition not met in time: {value}"
-        await asyncio.sleep(0.2)

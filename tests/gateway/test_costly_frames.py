@@ -19,10 +19,11 @@ import pytest
 
 from chat_common import topology
 from chat_common.envelopes import ReplyHeaders
-from tests.gateway.conftest import eventually, joined, still_open, user
+from tests.gateway.conftest import joined, still_open, user
 from tests.support.client import ChatClient, make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess
+from tests.support.wait import eventually
 
 BUDGET = 3
 PREFETCH = 40

@@ -8,10 +8,11 @@ import time
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.gateway.conftest import connect, eventually, joined, refusals, still_open, until_closed, user
+from tests.gateway.conftest import connect, joined, refusals, still_open, until_closed, user
 from tests.support.client import make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess
+from tests.support.wait import eventually
 
 ORIGIN = "https://app.example"
 
@@ -46,7 +47,7 @@ async def test_server_at_capacity_and_the_place_comes_back(edge: ServiceProcess)
         await client.close()
         return frame["type"] == "chat_joined"
 
-    await eventually(admitted)
+    await eventually(admitted, timeout=5)
     for holder in holders:
         await holder.close()
 

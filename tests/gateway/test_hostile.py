@@ -13,12 +13,13 @@ import time
 import asyncpg
 import pytest
 
-from tests.gateway.conftest import address, connect, eventually, joined, refusals, still_open, until_closed, user
+from tests.gateway.conftest import address, connect, joined, refusals, still_open, until_closed, user
 from tests.gateway.hostile import hostile_run
 from tests.support import rawws
 from tests.support.client import make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess, command, free_port
+from tests.support.wait import eventually
 
 AUTH_S, SEND_S, HANDSHAKE_S = 1.0, 2.0, 1.0
 BUDGET = 256 * 1024

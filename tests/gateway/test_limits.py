@@ -14,7 +14,6 @@ import pytest
 from tests.gateway.conftest import (
     address,
     connect,
-    eventually,
     joined,
     refusals,
     still_open,
@@ -24,6 +23,7 @@ from tests.gateway.conftest import (
 from tests.support.client import ChatClient, make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess
+from tests.support.wait import eventually, timed
 
 LIMITS = {
     "WS_MAX_CONNECTIONS_PER_USER": 2,
@@ -76,7 +76,7 @@ async def test_too_many_connections_for_user_and_the_slot_comes_back(url: str) -
         await client.close()
         return frame["type"] == "chat_joined"
 
-    await eventually(admitted)
+    await eventually(admitted, timeout=5)
     await replacement.close()
 
 
@@ -117,7 +117,7 @@ async def test_a_dead_peer_is_dropped_by_protocol_pings_and_its_slot_freed(url: 
         await client.close()
         return frame["type"] == "chat_joined"
 
-    waited = await eventually(slot_free, timeout=5, every=0.1)
+    waited = await timed(slot_free, timeout=5, interval=0.1)
     assert time.monotonic() - started < 4  # WS_PING_INTERVAL=500: ping, then 500 ms for the pong
     await still_open(alive)  # a peer that answers its pings stays
     assert waited > 0.3
@@ -392,7 +392,7 @@ async def test_refusals_are_counted_by_reason_and_logged_without_secrets(url: st
             ("UNAUTHORIZED", "token_expired"),
         } <= grew
 
-    await eventually(counted)
+    await eventually(counted, timeout=5)
     log = limited.log_path.read_text()
     assert "refused: MESSAGE_TOO_LONG (content_length)" in log
     assert "refused: PAYLOAD_TOO_LARGE (frame_size)" in log

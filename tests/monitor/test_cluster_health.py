@@ -13,26 +13,13 @@ from tests.support.client import ChatClient, make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess
 from tests.support.receivers import HttpReceiver
+from tests.support.wait import eventually
 
 
 async def get_json(url: str) -> tuple[int, dict[str, Any]]:
     async with httpx.AsyncClient(timeout=5) as client:
         response = await client.get(url)
         return response.status_code, response.json()
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[Any]], accept: Callable[[Any], bool], *, timeout: float = 15.0
-) -> Any:
-    """Call ``probe`` until ``accept`` holds for its value; fail with the last value after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = await probe()
-        if accept(value):
-            return value
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"condition not reached in {timeout}s; last value: {value}")
 
 
 def health_of(monitor: ServiceProcess) -> Callable[[], Awaitable[tuple[int, dict[str, Any]]]]:
@@ -61,7 +48,7 @@ async def test_heartbeats_of_two_gateways_and_a_worker_add_up(cluster: Cluster) 
         assert all(answer.end is not None for answer in answers)
 
         status, health = await eventually(
-            health_of(monitor), lambda r: r[1]["metrics"]["messagesPerMinute"] >= 3, timeout=10
+            health_of(monitor), accept=lambda r: r[1]["metrics"]["messagesPerMinute"] >= 3, timeout=10, interval=0.2
         )
         assert status == 200
         assert health["status"] == "healthy", health
@@ -82,7 +69,9 @@ async def test_heartbeats_of_two_gateways_and_a_worker_add_up(cluster: Cluster) 
         assert figures["averageResponseTime"] > 0
         assert figures["errorRate"] == 0
 
-        _, metrics = await eventually(metrics_of(monitor), lambda r: r[1]["workers"][0]["requestsTotal"] >= 3)
+        _, metrics = await eventually(
+            metrics_of(monitor), accept=lambda r: r[1]["workers"][0]["requestsTotal"] >= 3, timeout=15, interval=0.2
+        )
         gateways = {g["instanceId"]: g for g in metrics["gateways"]}
         assert set(gateways) == {first.extra["instance_id"], second.extra["instance_id"]}
         assert gateways[first.extra["instance_id"]]["connections"] == 2
@@ -111,11 +100,13 @@ async def test_killed_worker_is_alerted_once_and_resolved_once_when_one_returns(
         await cluster.gateway()
         doomed = await cluster.worker()
         monitor = await cluster.monitor(ALERT_WEBHOOK_URL=webhook.url + "/alerts", ALERT_CLEAR_DELAY=500)
-        await eventually(health_of(monitor), lambda r: r[1]["status"] == "healthy")
+        await eventually(health_of(monitor), accept=lambda r: r[1]["status"] == "healthy", timeout=15, interval=0.2)
 
         doomed.kill()  # SIGKILL: no farewell heartbeat
         killed_at = time.monotonic()
-        status, health = await eventually(health_of(monitor), lambda r: "no live workers" in r[1]["issues"], timeout=10)
+        status, health = await eventually(
+            health_of(monitor), accept=lambda r: "no live workers" in r[1]["issues"], timeout=10, interval=0.2
+        )
         noticed_s = time.monotonic() - killed_at
         print(f"SIGKILLed worker reported by the monitor's health after {noticed_s:.2f} s")
         # INSTANCE_SILENCE_TIMEOUT is 3 s in the test cluster, the monitor evaluates every second
@@ -124,22 +115,30 @@ async def test_killed_worker_is_alerted_once_and_resolved_once_when_one_returns(
         assert health["status"] == "critical"
         silent_key = f"instance_silent:{doomed.extra['instance_id']}"
         await eventually(
-            lambda: asyncio.sleep(0, webhook.json_bodies()),
-            lambda bodies: (
+            webhook.json_bodies,
+            accept=lambda bodies: (
                 {(b["alert"], b["state"]) for b in bodies} >= {("no_workers", "firing"), (silent_key, "firing")}
             ),
+            timeout=15,
+            interval=0.2,
         )
 
         await cluster.worker()
-        status, health = await eventually(health_of(monitor), lambda r: r[1]["status"] == "healthy", timeout=15)
+        status, health = await eventually(
+            health_of(monitor), accept=lambda r: r[1]["status"] == "healthy", timeout=15, interval=0.2
+        )
         assert status == 200
         events = await eventually(
-            lambda: asyncio.sleep(0, webhook.json_bodies()),
-            lambda bodies: (
+            webhook.json_bodies,
+            accept=lambda bodies: (
                 {(b["alert"], b["state"]) for b in bodies} >= {("no_workers", "resolved"), (silent_key, "resolved")}
             ),
+            timeout=15,
+            interval=0.2,
         )
-        await asyncio.sleep(2)  # nothing more arrives: each alert fired once and resolved once
+        # a quiet period is what is tested here (no event can be waited for): nothing more arrives, each alert
+        # fired once and resolved once
+        await asyncio.sleep(2)
         events = webhook.json_bodies()
         delivered = [(b["alert"], b["state"]) for b in events]
         # the first POST was answered 500 and retried: the same event twice on the wire, once per state
@@ -180,7 +179,9 @@ async def test_thresholds_move_the_status_as_documented(cluster: Cluster) -> Non
             clients.append(client)
             assert (await client.join(make_token(f"threshold-user-{n}"), "messages"))["type"] == "chat_joined"
             expected = ["healthy", "warning", "critical"][n]  # 1/4, 2/4 = 50 %, 3/4 = 75 % of capacity
-            status, health = await eventually(health_of(monitor), lambda r, e=expected: r[1]["status"] == e)
+            status, health = await eventually(
+                health_of(monitor), accept=lambda r, e=expected: r[1]["status"] == e, timeout=15, interval=0.2
+            )
             assert status == (503 if expected == "critical" else 200)
             if n:
                 assert health["issues"] == [f"connections at {(n + 1) * 25}% of capacity ({n + 1}/4)"]
@@ -196,12 +197,16 @@ async def test_thresholds_move_the_status_as_documented(cluster: Cluster) -> Non
         failed = await client.ask("[[fail:500]] broken")
         assert failed.error is not None
         assert failed.error["code"] == "UPSTREAM_ERROR"
-        _, health = await eventually(health_of(monitor), lambda r: r[1]["metrics"]["errorRate"] > 0.3)
+        _, health = await eventually(
+            health_of(monitor), accept=lambda r: r[1]["metrics"]["errorRate"] > 0.3, timeout=15, interval=0.2
+        )
         assert health["status"] == "warning"
         assert any(issue.startswith("error rate 33.3%") for issue in health["issues"]), health
         for _ in range(2):
             assert (await client.ask("[[fail:500]] broken again")).error is not None
-        status, health = await eventually(health_of(monitor), lambda r: r[1]["status"] == "critical")
+        status, health = await eventually(
+            health_of(monitor), accept=lambda r: r[1]["status"] == "critical", timeout=15, interval=0.2
+        )
         assert status == 503
         assert "error rate 60.0%" in health["issues"]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from playwright.async_api import Page, async_playwright
 
 from tests.observability.conftest import JAEGER_UI, Observed
 from tests.support.client import ChatClient, make_token
+from tests.support.wait import eventually
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -23,14 +23,7 @@ async def figure(page: Page, name: str) -> str:
 
 async def wait_for(page: Page, script: str, *, timeout: float = 20) -> Any:
     """Evaluate ``script`` in the page until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = await page.evaluate(script)
-        if value:
-            return value
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"{script!r} still {value!r} after {timeout}s")
+    return await eventually(lambda: page.evaluate(script), timeout=timeout, interval=0.25, what=script)
 
 
 async def test_dashboard_shows_live_figures_that_change_under_load(observed: Observed, tmp_path: Path) -> None:
@@ -90,7 +83,9 @@ async def test_dashboard_shows_live_figures_that_change_under_load(observed: Obs
                 assert link.startswith(JAEGER_UI + "/trace/")
                 assert "UPSTREAM_ERROR" in await page.locator("#failed").inner_text()
                 await wait_for(page, "document.querySelector('#gateways').rows.length === 1")
-                await asyncio.sleep(2.5)  # let the charts draw a few more seconds of history
+                # the charts draw a few more seconds of history before the screenshot
+                drawn = await page.evaluate("series.t.length")
+                await wait_for(page, f"series.t.length >= {drawn + 2}")
                 screenshot = Path(os.environ.get("DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png"))
                 await page.screenshot(path=str(screenshot), full_page=True)
                 assert screenshot.stat().st_size > 10_000

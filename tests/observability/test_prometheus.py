@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import time
 
 import httpx
 
 from tests.observability.conftest import Observed
 from tests.support.client import ChatClient, make_token
 from tests.support.processes import ROOT
+from tests.support.wait import eventually
 
 
 async def test_every_service_exposes_its_prometheus_metrics(observed: Observed) -> None:
@@ -26,16 +25,17 @@ async def test_every_service_exposes_its_prometheus_metrics(observed: Observed) 
             gateway_text = (await http.get(observed.gateway.extra["http_url"] + "/metrics")).text
             worker_text = (await http.get(f"http://127.0.0.1:{worker.extra['port']}/metrics")).text
             # the monitor may have started a moment ago: wait (bounded) until both roles' heartbeats reached it
-            deadline = time.monotonic() + 15
-            while True:
-                monitor_response = await http.get(observed.monitor.extra["http_url"] + "/metrics")
-                live = (
-                    'chat_monitor_live_instances{role="worker"} 1.0',
-                    'chat_monitor_live_instances{role="gateway"} 1.0',
-                )
-                if all(m in monitor_response.text for m in live) or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.2)
+            live = (
+                'chat_monitor_live_instances{role="worker"} 1.0',
+                'chat_monitor_live_instances{role="gateway"} 1.0',
+            )
+            monitor_response = await eventually(
+                lambda: http.get(observed.monitor.extra["http_url"] + "/metrics"),
+                accept=lambda response: all(m in response.text for m in live),
+                timeout=15,
+                interval=0.2,
+                what="both roles' heartbeats at the monitor",
+            )
     assert monitor_response.headers["content-type"].startswith("text/plain")
     monitor_text = monitor_response.text
 

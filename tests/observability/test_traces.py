@@ -2,44 +2,45 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
+from typing import Any
 
 import httpx
 
 from tests.observability.conftest import JAEGER_UI, Observed
 from tests.support.client import ChatClient, make_token
 from tests.support.receivers import ReceivedSpan
+from tests.support.wait import eventually
 
 SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5  # opentelemetry.proto SpanKind values
 
 
 async def spans_of_trace(observed: Observed, trace_id: str, *, timeout: float = 10) -> list[ReceivedSpan]:
     """The trace's spans once both services have exported theirs (each side's root span ends last there)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def complete() -> list[ReceivedSpan]:
         spans = [s for s in observed.otlp.spans() if s.trace_id == trace_id]
-        names = {s.name for s in spans}
-        if {"chat.message", "messages process"} <= names:
-            return spans
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"trace {trace_id} incomplete: {[(s.service, s.name) for s in observed.otlp.spans()]}")
+        assert {"chat.message", "messages process"} <= {s.name for s in spans}, [
+            (s.service, s.name) for s in observed.otlp.spans()
+        ]
+        return spans
+
+    spans: list[ReceivedSpan] = await eventually(complete, timeout=timeout, interval=0.2, what=f"trace {trace_id}")
+    return spans
 
 
 async def root_span(observed: Observed, message_id: str, *, timeout: float = 10) -> ReceivedSpan:
     """The gateway's ``chat.message`` span of the answer ``message_id`` (exactly one)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        roots = [
+
+    def roots() -> list[ReceivedSpan]:
+        return [
             s
             for s in observed.otlp.spans()
             if s.name == "chat.message" and s.attributes.get("chat.message_id") == message_id
         ]
-        if roots:
-            assert len(roots) == 1, "one root span per message"
-            return roots[0]
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"no chat.message span for {message_id}")
+
+    found = await eventually(roots, timeout=timeout, interval=0.2, what=f"the chat.message span of {message_id}")
+    assert len(found) == 1, "one root span per message"
+    return found[0]
 
 
 async def test_one_message_is_one_trace_across_gateway_and_worker(observed: Observed) -> None:
@@ -106,16 +107,16 @@ async def test_one_message_is_one_trace_across_gateway_and_worker(observed: Obse
     assert len(other_spans) == len(spans), "no span per chunk"
 
     # the monitor lists the request with both sides' stage timings, linked to Jaeger
-    async with httpx.AsyncClient(timeout=5) as http:
-        deadline = time.monotonic() + 10
-        entry = None
-        while entry is None and time.monotonic() < deadline:
+    async def listed() -> dict[str, Any] | None:
+        async with httpx.AsyncClient(timeout=5) as http:
             metrics = (await http.get(observed.monitor.extra["http_url"] + "/api/websocket/metrics")).json()
-            entry = next((t for t in metrics["traces"]["slowest"] if t["traceId"] == root.trace_id), None)
-            # the gateway and the worker report with their own heartbeats: wait for both sides
-            if entry is None or not {"worker.total", "gateway.total"} <= entry["stages"].keys():
-                entry = None
-                await asyncio.sleep(0.3)
+        entry = next((t for t in metrics["traces"]["slowest"] if t["traceId"] == root.trace_id), None)
+        # the gateway and the worker report with their own heartbeats: wait for both sides
+        if entry is None or not {"worker.total", "gateway.total"} <= entry["stages"].keys():
+            return None
+        return dict(entry)
+
+    entry = await eventually(listed, timeout=10, interval=0.3, what="the trace listed with both sides' stages")
     assert entry is not None
     assert entry["jaegerUrl"] == f"{JAEGER_UI}/trace/{root.trace_id}"
     assert entry["errorCode"] is None

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -13,18 +10,6 @@ import httpx
 
 from tests.support.client import ChatClient
 from tests.support.processes import ServiceProcess
-
-
-async def wait_for(check: Callable[[], Awaitable[Any]], *, timeout: float = 10, interval: float = 0.1) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 async def in_flight(worker: ServiceProcess) -> int:
@@ -45,6 +30,12 @@ async def streams(fake_openai: ServiceProcess) -> list[dict[str, Any]]:
 
 async def stream_of(fake_openai: ServiceProcess, marker: str) -> list[dict[str, Any]]:
     return [s for s in await streams(fake_openai) if marker in s["question"]]
+
+
+async def stream_ended(fake_openai: ServiceProcess, marker: str) -> dict[str, Any] | None:
+    """The fake model's first stream whose question holds ``marker``, once it is done or aborted."""
+    found = await stream_of(fake_openai, marker)
+    return found[0] if found and found[0]["state"] != "open" else None
 
 
 async def gateway_broker_connected(gateway: ServiceProcess) -> bool:

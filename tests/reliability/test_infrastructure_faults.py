@@ -15,10 +15,12 @@ from typing import Any
 
 import asyncpg
 
-from tests.reliability.helpers import assert_ledger, gateway_broker_connected, joined, wait_for
+from tests.reliability.helpers import assert_ledger, gateway_broker_connected, joined, stream_ended
 from tests.support.client import ChatClient, make_token
 from tests.support.cluster import Cluster
+from tests.support.processes import ServiceProcess
 from tests.support.proxy import TcpProxy
+from tests.support.wait import eventually
 
 
 async def _until(client: ChatClient, frames: list[dict[str, Any]], kind: str, timeout: float = 20) -> dict[str, Any]:
@@ -59,9 +61,9 @@ async def test_broker_outage_busy_meanwhile_in_flight_answer_redone_and_everythi
             await client.send("ping")
             await _until(client, frames, "pong")  # the client stays connected
 
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(1.5)  # the outage lasts (the behaviour under test): nothing to wait for
             proxy.restore()
-            await wait_for(lambda: gateway_broker_connected(gateway), timeout=20)
+            await eventually(lambda: gateway_broker_connected(gateway), timeout=20)
             # the answer in flight when the connection dropped went back to the queue and is redone
             restart = await _until(client, frames, "response_start")
             assert restart["data"]["attempt"] == 2
@@ -80,20 +82,26 @@ async def test_broker_outage_busy_meanwhile_in_flight_answer_redone_and_everythi
                 check=False,
             )
             assert closed.returncode == 0, closed.stderr
-            await asyncio.sleep(0.5)
-            await wait_for(lambda: gateway_broker_connected(gateway), timeout=20)
-            after = None
-            for _ in range(10):  # BUSY until the gateway's channel is back, then an answer
+            await eventually(lambda: gateway_broker_connected(gateway), timeout=20)
+
+            async def answered() -> dict[str, Any] | None:
+                """BUSY until the gateway's channel is back, then an answer."""
                 await client.send("send_message", {"content": "after the broker closed us"})
                 accepted = await _until(client, frames, "message_accepted")
                 outcome = await client.collect(timeout=20)
                 if outcome.end is not None:
-                    after = accepted
-                    break
+                    return accepted
                 assert outcome.error is not None
                 assert outcome.error["code"] == "BUSY"
-                await asyncio.sleep(0.5)
-            assert after is not None, "no answer after the broker closed the connections"
+                return None
+
+            after = await eventually(
+                answered,
+                timeout=60,
+                interval=0.5,
+                retry_on=(),
+                what="an answer after the broker closed the connections",
+            )
     finally:
         await proxy.close()
 
@@ -110,7 +118,7 @@ async def test_broker_outage_busy_meanwhile_in_flight_answer_redone_and_everythi
 
 
 async def test_database_outage_busy_meanwhile_answer_in_flight_stored_once_pool_recovers(
-    rel: Cluster, db: asyncpg.Connection
+    rel: Cluster, fake: ServiceProcess, db: asyncpg.Connection
 ) -> None:
     proxy = await TcpProxy(rel.services.database_url, 5432).start()
     database_url = proxy.url(rel.services.database_url)
@@ -131,7 +139,8 @@ async def test_database_outage_busy_meanwhile_answer_in_flight_stored_once_pool_
             assert busy["data"]["retryAfterMs"] > 0
             assert frames[-2]["type"] != "message_accepted" or frames[-2] is first  # never accepted
 
-            await asyncio.sleep(2.5)  # the first answer finishes streaming; the worker cannot store it yet
+            # the first answer finishes streaming; the worker cannot store it yet
+            await eventually(lambda: stream_ended(fake, "while the database restarts"), timeout=10)
             proxy.restore()
             end = await _until(client, frames, "response_end")
             assert end["data"]["content"].endswith("point23")

@@ -8,10 +8,11 @@ import time
 
 import asyncpg
 
-from tests.reliability.helpers import assert_ledger, joined, ledger, queue_depth, stream_of, wait_for
+from tests.reliability.helpers import assert_ledger, joined, ledger, queue_depth, stream_ended, stream_of
 from tests.support.client import make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess
+from tests.support.wait import eventually
 
 
 async def test_full_request_queue_is_busy_with_retry_after_and_drains_when_a_worker_comes(
@@ -69,25 +70,20 @@ async def test_timeout_for_the_client_stale_request_skipped_slow_answer_stopped(
         slow = await client.ask("too slow [[slow:200]] [[tokens:50]]", timeout=10)
         assert slow.error is not None
         assert slow.error["code"] == "TIMEOUT"
-        aborted = await wait_for(lambda: _ended(fake, "too slow"), timeout=5)
+        aborted = await eventually(lambda: stream_ended(fake, "too slow"), timeout=5)
         assert aborted["state"] == "aborted"
         assert aborted["sent"] < aborted["total"]
         assert await stream_of(fake, "nobody is listening yet") == []  # skipped, never sent to the model
 
     assert stale.accepted is not None
     assert slow.accepted is not None
-    rows = await wait_for(lambda: _settled(db, chat_id), timeout=10)
+    rows = await eventually(lambda: _settled(db, chat_id), timeout=10)
     outcome = await assert_ledger(db, [chat_id], {stale.accepted["messageId"], slow.accepted["messageId"]})
     assert outcome[stale.accepted["messageId"]] == ("failed", "TIMEOUT", None)
     assert outcome[slow.accepted["messageId"]] == ("failed", "TIMEOUT", "failed")
     partial = next(r for r in rows if r["role"] == "assistant")
     assert partial["finish_reason"] == "timeout"
     assert partial["content"].startswith("Regarding")
-
-
-async def _ended(fake: ServiceProcess, marker: str) -> dict[str, object] | None:
-    found = await stream_of(fake, marker)
-    return found[0] if found and found[0]["state"] != "open" else None
 
 
 async def _settled(db: asyncpg.Connection, chat_id: str) -> list[asyncpg.Record] | None:
@@ -113,7 +109,7 @@ async def test_cancel_and_disconnect_stop_the_model_and_store_the_partial_answer
         assert answer.end is not None, answer.frames
         assert answer.end["finishReason"] == "cancelled"
         cancelled_content = answer.end["content"]
-    stream = await wait_for(lambda: _ended(fake, "cancel me"), timeout=5)
+    stream = await eventually(lambda: stream_ended(fake, "cancel me"), timeout=5)
     assert stream["state"] == "aborted"
     assert stream["ended"] - (time.time() - (time.monotonic() - asked)) < 2.5
 
@@ -122,11 +118,11 @@ async def test_cancel_and_disconnect_stop_the_model_and_store_the_partial_answer
     await client.recv_type("response_chunk")
     await client.close()
     left = time.time()
-    stream = await wait_for(lambda: _ended(fake, "then I leave"), timeout=8)
+    stream = await eventually(lambda: stream_ended(fake, "then I leave"), timeout=8)
     assert stream["state"] == "aborted"
     assert stream["ended"] - left < 1.0 + 2.5  # RESUME_GRACE, then the call stops
 
-    rows = await wait_for(lambda: _settled(db, gone_chat), timeout=10)
+    rows = await eventually(lambda: _settled(db, gone_chat), timeout=10)
     for chat_id in (cancelled_chat, gone_chat):
         rows = await ledger(db, [chat_id])
         user = next(r for r in rows if r["role"] == "user")

@@ -11,10 +11,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.reliability.helpers import assert_ledger, in_flight, joined, stream_of, wait_for
+from tests.reliability.helpers import assert_ledger, in_flight, joined, stream_of
 from tests.support.client import ChatClient, make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess
+from tests.support.wait import eventually
 
 TOKENS = 40
 
@@ -50,7 +51,7 @@ def _rendered(frames: list[dict[str, Any]], attempt: int) -> str:
 
 
 async def _holder(workers: list[ServiceProcess]) -> ServiceProcess:
-    loads = await wait_for(lambda: _loads(workers), timeout=10)
+    loads = await eventually(lambda: _loads(workers), timeout=10)
     return workers[loads.index(1)]
 
 
@@ -84,7 +85,7 @@ async def test_answer_reaches_the_new_connection_when_its_worker_dies(
     if kill == "before_the_resume":
         holder.signal(signal.SIGKILL)
         await holder.wait_exit(10)
-        await wait_for(lambda: in_flight(other), timeout=15)  # attempt 2 streams to the closed connection
+        await eventually(lambda: in_flight(other), timeout=15)  # attempt 2 streams to the closed connection
 
     new = await ChatClient.connect(second.extra["ws_url"])
     async with new:
