@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 UV_VERSION=0.13.9
 if command -v uv >/dev/null 2>&1 && [ "$(uv --version 2>/dev/null | awk '{print $2}')" = "$UV_VERSION" ]; then
-  uv_bin=$(command -v uv)
+  # Resolved: when .tools/bin is on PATH the uv found is our own link, which must not point at itself.
+  uv_bin=$(readlink -f "$(command -v uv)")
 else
   uv_bin="$PWD/.tools/uv-${UV_VERSION}/uv"
   if [ ! -x "$uv_bin" ]; then
