@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from chat_common.errors import ChatError, ErrorCode
 from chat_common.frames import CHAT_TYPES, encode_frame, error_frame, parse_client_frame, peek_request_id
-from chat_gateway.handlers import normalise_content
+from chat_gateway.messages import normalise_content
 
 FRAME_TYPES = ["join_chat", "switch_chat", "create_chat", "send_message", "cancel", "refresh_token", "ping"]
 KEYS = ["token", "chatType", "chatId", "content", "messageId", "lastSeq", "requestId", "type", "data"]

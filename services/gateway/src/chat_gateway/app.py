@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI, WebSocket
@@ -24,15 +25,13 @@ from chat_common.store import ChatStore, create_pool
 from chat_gateway.admission import AdmissionStore, LocalAdmission
 from chat_gateway.auth import TokenVerifier
 from chat_gateway.broker import GatewayBroker
-from chat_gateway.metrics import GatewayMetrics
 from chat_gateway.page import mount_chat_page
-from chat_gateway.registry import ConnectionRegistry
-from chat_gateway.replies import ReplyRouter
-from chat_gateway.session import serve
-from chat_gateway.state import GatewayState
+from chat_gateway.state import GatewayState, build
 from chat_gateway.sweeper import sweep_forever
 
 logger = logging.getLogger(__name__)
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 async def make_admission(settings: Settings) -> AdmissionStore:
@@ -47,27 +46,36 @@ def create_app(settings: Settings, *, sampler: RequestSampler | None = None) -> 
     """The gateway app; ``sampler`` is the span processor that collects slow and failed requests
     for the heartbeat (installed with the tracer provider by ``__main__``)."""
     verifier = TokenVerifier(settings)  # fails fast on a missing key
-    samples = sampler or RequestSampler()
+    app = FastAPI(
+        title="chat-gateway",
+        lifespan=_lifespan(settings, verifier, sampler or RequestSampler()),
+        docs_url=None,
+        redoc_url=None,
+        # FastAPI's own telemetry would hold a span (and its operation spans) open for the whole life
+        # of every WebSocket connection: memory per connection and a trace that lasts for hours.
+        # Messages are traced one by one (chat_gateway.tracing); HTTP requests keep their spans, except
+        # health and metrics, polled every few seconds.
+        telemetry={"exclude": _untraced},
+    )
+    _routes(app)
+    mount_chat_page(app, settings)
+    app.add_middleware(SecurityHeaders, websocket=True)
+    app.add_middleware(RequestLimits)
+    return app
+
+
+def _lifespan(settings: Settings, verifier: TokenVerifier, samples: RequestSampler) -> Lifespan:
+    """Open the clients, wire the components, run the sweep and the heartbeats; on the way out, the
+    farewell heartbeat, then the clients closed in the reverse order."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url, max_size=settings.database_pool_size)
-        registry, metrics = ConnectionRegistry(), GatewayMetrics(window_s=settings.health_window // 1000)
         broker = GatewayBroker(settings)
-        router = ReplyRouter(registry, broker, metrics, request_timeout_s=settings.request_timeout / 1000)
         admission = await make_admission(settings)
-        state = GatewayState(
-            settings=settings,
-            verifier=verifier,
-            store=ChatStore(pool),
-            broker=broker,
-            admission=admission,
-            registry=registry,
-            metrics=metrics,
-            router=router,
-        )
+        state = build(settings, verifier, ChatStore(pool), broker, admission)
         try:
-            await broker.start(router.on_reply)
+            await broker.start(state.router.on_reply)
             app.state.gateway = state
             async with asyncio.TaskGroup() as tasks:
                 background = [
@@ -87,26 +95,19 @@ def create_app(settings: Settings, *, sampler: RequestSampler | None = None) -> 
                     for task in background:
                         task.cancel()
                     await publish_farewell(broker.telemetry, heartbeat(state, samples))
+            await state.inflight.close()
         finally:
             await broker.close()
             await admission.close()
             await pool.close()
 
-    app = FastAPI(
-        title="chat-gateway",
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        # FastAPI's own telemetry would hold a span (and its operation spans) open for the whole life
-        # of every WebSocket connection: memory per connection and a trace that lasts for hours.
-        # Messages are traced one by one (chat_gateway.tracing); HTTP requests keep their spans, except
-        # health and metrics, polled every few seconds.
-        telemetry={"exclude": _untraced},
-    )
+    return lifespan
 
+
+def _routes(app: FastAPI) -> None:
     @app.websocket("/ws/chat")
     async def chat_socket(websocket: WebSocket) -> None:
-        await serve(websocket.app.state.gateway, websocket)
+        await websocket.app.state.gateway.sessions.serve(websocket)
 
     @app.get("/api/websocket/health")
     async def health() -> JSONResponse:
@@ -131,11 +132,6 @@ def create_app(settings: Settings, *, sampler: RequestSampler | None = None) -> 
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(app.state.gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    mount_chat_page(app, settings)
-    app.add_middleware(SecurityHeaders, websocket=True)
-    app.add_middleware(RequestLimits)
-    return app
-
 
 _POLLED_PATHS = frozenset({"/api/websocket/health", "/metrics", "/readyz", "/livez"})
 
@@ -159,7 +155,7 @@ def not_ready(state: GatewayState) -> list[str]:
     reasons = []
     if not state.broker.connected:
         reasons.append("not connected to RabbitMQ")
-    if not state.accepting:
+    if not state.door.accepting:
         reasons.append("shutting down")
     if len(state.registry) >= state.settings.ws_max_connections:
         reasons.append("at capacity")

@@ -1,4 +1,4 @@
-"""One client connection: its identity, current chat, in-flight requests and ordered output.
+"""One client connection: its identity, current chat and ordered, bounded output.
 
 Output goes through ``send``: frames are queued and written by a flusher task that exists only while
 there is something to write, so an idle connection costs no task, and frames from the session and
@@ -19,12 +19,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from opentelemetry.trace import Span
 from starlette.websockets import WebSocket
 
 from chat_common.frames import ChatType
+
+if TYPE_CHECKING:
+    from chat_gateway.inflight import PendingRequest
 
 logger = logging.getLogger(__name__)
 
@@ -78,22 +80,6 @@ def utf8_length(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
-@dataclass(slots=True)
-class PendingRequest:
-    request_id: str
-    user_message_id: str
-    assistant_message_id: str
-    chat_id: str
-    started: float
-    timer: asyncio.TimerHandle | None = None
-    next_seq: int = 0
-    attempt: int = 0
-    """the request's delivery whose frames are being forwarded (0 before the first frame)."""
-    first_chunk_at: float | None = None
-    span: Span | None = None
-    """the message's root span (``chat_gateway.tracing``), ended when the request is over."""
-
-
 @dataclass(eq=False, slots=True)
 class Connection:
     id: str
@@ -109,8 +95,10 @@ class Connection:
     chat_type: ChatType | None = None
     last_activity: float = field(default_factory=time.monotonic)
     pending: dict[str, PendingRequest] = field(default_factory=dict)
+    """requests in flight on this connection, by request id (written only by ``InFlight``)."""
     resumes: dict[str, PendingRequest] = field(default_factory=dict)
-    """answers this connection asked to resume, by message id, until the worker's replay arrives."""
+    """answers this connection asked to resume, by message id, until the worker's replay arrives
+    (written only by ``InFlight``)."""
     frame_tokens: float = -1.0
     """token bucket of the per-connection frame rate; -1 until the first frame fills it."""
     frame_tokens_at: float = 0.0

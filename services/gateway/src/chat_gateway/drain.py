@@ -31,7 +31,7 @@ CLOSE_AFTER_GRACE_S = 2.0
 
 
 async def drain(state: GatewayState, *, grace_s: float, spread_s: float) -> None:
-    state.accepting = False
+    state.door.accepting = False
     connections = [c for c in state.registry if not c.closed]
     if not connections:
         return

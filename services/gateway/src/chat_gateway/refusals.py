@@ -1,4 +1,4 @@
-"""Refusals: the client's request is turned down by a limit or a check (SPEC §2, §6).
+"""Refusals: how a client is told no, in one place: counted, logged, an error frame, the close (SPEC §2, §6).
 
 Every refusal is counted once in ``chat_gateway_refusals{code, reason}`` and logged once, at the
 layer that decides, with the connection id, user and client address but never the token or the
@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from chat_common.errors import ChatError, ErrorCode
+from chat_common.frames import error_frame
 
 if TYPE_CHECKING:
     from chat_gateway.connection import Connection
@@ -72,3 +73,24 @@ def record_refusal(
 
 def is_refusal(error: ChatError) -> bool:
     return error.code in REFUSAL_CODES
+
+
+async def refuse(
+    metrics: GatewayMetrics,
+    connection: Connection,
+    error: ChatError,
+    request_id: str | int | None = None,
+    *,
+    close: bool = False,
+) -> None:
+    """Tell the client ``error``: a refusal code is counted and logged once (by its check's
+    ``reason``), every error frame is counted by code, and the connection is closed when the
+    code ends it (``ChatError.close_code``) or ``close`` says so (a refusal before authentication).
+    Returns once the close is written or ``WS_SEND_TIMEOUT`` dropped the peer."""
+    if is_refusal(error):
+        record_refusal(metrics, connection, error.code.value, reason_of(error))
+    metrics.errors.labels(error.code.value).inc()
+    connection.send(error_frame(error, request_id))
+    close_code = error.close_code or (1008 if close else None)
+    if close_code is not None:
+        await connection.close(close_code, error.message[:120])
