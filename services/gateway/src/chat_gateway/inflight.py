@@ -89,13 +89,20 @@ class InFlight:
     """Owns the pending requests of every connection of this gateway (see the module's docstring).
 
     ``publish_control`` sends ``cancel`` to the workers when a request times out; those publishes
-    are tasks owned here (``close`` waits for them).
+    are tasks owned here (``close`` waits for them). ``clock`` (monotonic seconds) times the answers
+    and the resume waits; the timers themselves run on the event loop.
     """
 
     def __init__(
-        self, metrics: GatewayMetrics, publish_control: PublishControl, *, request_timeout_s: float = 120.0
+        self,
+        metrics: GatewayMetrics,
+        publish_control: PublishControl,
+        *,
+        request_timeout_s: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.metrics = metrics
+        self._clock = clock
         self.request_timeout_s = request_timeout_s
         self._publish_control = publish_control
         self._resuming: dict[str, tuple[PendingRequest, float]] = {}
@@ -112,7 +119,7 @@ class InFlight:
             user_message_id=request.user_message_id,
             assistant_message_id=request.assistant_message_id,
             chat_id=request.chat_id,
-            started=time.monotonic(),
+            started=self._clock(),
             span=span,
         )
         connection.pending[request.request_id] = pending
@@ -145,17 +152,17 @@ class InFlight:
             user_message_id="",
             assistant_message_id=message_id,
             chat_id=connection.chat_id or "",
-            started=time.monotonic(),
+            started=self._clock(),
             phase=Phase.RESUMING,
         )
         connection.resumes[message_id] = pending
-        self._resuming[message_id] = (pending, time.monotonic() + RESUME_WAIT_S)
+        self._resuming[message_id] = (pending, self._clock() + RESUME_WAIT_S)
         self.metrics.in_flight.inc()
         self._watch(connection, pending, RESUME_WAIT_S)
         return True
 
     def _resume_wait_left(self, connection: Connection, message_id: str) -> float | None:
-        now = time.monotonic()
+        now = self._clock()
         waiting = [self._resuming.get(message_id)] + [self._resuming.get(other) for other in connection.resumes]
         left = [entry[1] - now for entry in waiting if entry is not None]
         return max(left) if left else None
@@ -177,7 +184,7 @@ class InFlight:
         self.metrics.frames_sent[headers.kind].inc()
         if headers.kind == "chunk":
             if pending.first_chunk_at is None:
-                pending.first_chunk_at = time.monotonic()
+                pending.first_chunk_at = self._clock()
                 self.metrics.record_first_chunk(pending.first_chunk_at - pending.started, pending.span)
         elif headers.kind == "start":
             if pending.span is not None:
@@ -205,7 +212,7 @@ class InFlight:
         """The request is over for this connection: its timer stopped, its outcome recorded."""
         if not self._close(connection, pending, error_code=error_code, outcome="error" if error_code else "complete"):
             return
-        elapsed_ms = (time.monotonic() - pending.started) * 1000
+        elapsed_ms = (self._clock() - pending.started) * 1000
         self.metrics.record_outcome(error_code=error_code, response_ms=None if error_code else elapsed_ms)
         if error_code:
             self.metrics.errors.labels(error_code).inc()
