@@ -9,6 +9,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+# every process the tests start (and this one) validates each server frame it encodes against its model
+os.environ.setdefault("CHAT_CHECK_FRAMES", "1")
+
 from tests.support.cluster import Cluster, isolated_cluster
 from tests.support.processes import ServiceProcess
 from tests.support.services import Services, session_services

@@ -10,9 +10,9 @@ from chat_common.frames import (
     JoinChat,
     SendMessage,
     SwitchChat,
-    error_frame,
     parse_client_frame,
 )
+from chat_common.server_frames import error_frame
 
 
 def test_the_original_documents_examples_parse() -> None:
@@ -66,3 +66,15 @@ def test_error_frame_shape() -> None:
     assert ChatError(ErrorCode.SERVER_AT_CAPACITY).close_code == 1013
     assert ChatError(ErrorCode.PAYLOAD_TOO_LARGE).close_code == 1009
     assert ChatError(ErrorCode.BUSY).close_code is None
+
+
+def test_every_server_frame_is_encoded_from_its_model_and_checked_against_it() -> None:
+    from chat_common import server_frames
+
+    assert server_frames.CHECK_FRAMES, "the test suite runs with CHAT_CHECK_FRAMES=1 (tests/conftest.py)"
+    accepted = json.loads(server_frames.message_accepted_frame({"messageId": "m1", "chatId": "c1"}, "r1"))
+    assert accepted == {"type": "message_accepted", "data": {"messageId": "m1", "chatId": "c1"}, "requestId": "r1"}
+    with pytest.raises(ValueError, match="extra"):
+        server_frames.message_accepted_frame({"messageId": "m1", "chatId": "c1", "extra": 1})
+    with pytest.raises(ValueError, match="seq"):
+        server_frames.response_chunk_frame({"messageId": "m1", "delta": "x"})

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chat_common.errors import ChatError, ErrorCode
-from chat_common.frames import CHAT_TYPES, encode_frame, error_frame, parse_client_frame, peek_request_id
+from chat_common.frames import CHAT_TYPES, parse_client_frame, peek_request_id
+from chat_common.server_frames import error_frame, pong_frame
 from chat_gateway.messages import normalise_content
 
 FRAME_TYPES = ["join_chat", "switch_chat", "create_chat", "send_message", "cancel", "refresh_token", "ping"]
@@ -51,7 +52,7 @@ def parse_or_refuse(raw: str | bytes) -> Any:
         json.loads(error_frame(refused))
         return None
     assert frame.type in FRAME_TYPES
-    json.loads(encode_frame("pong", {}, frame.requestId))  # whatever parses can be echoed
+    json.loads(pong_frame(frame.requestId))  # whatever parses can be echoed
     return frame
 
 

@@ -7,9 +7,8 @@ return the JSON text ready to send.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
@@ -157,29 +156,6 @@ def peek_request_id(raw: str | bytes) -> str | int | None:
         if isinstance(rid, str) and len(rid) <= 128:
             return rid
     return None
-
-
-# --------------------------------------------------------------------------- server frames
-
-
-def encode_frame(frame_type: str, data: dict[str, Any], request_id: str | int | None = None) -> str:
-    frame: dict[str, Any] = {"type": frame_type, "data": data}
-    if request_id is not None:
-        frame["requestId"] = request_id
-    return orjson.dumps(frame).decode()
-
-
-def error_frame(error: ChatError, request_id: str | int | None = None) -> str:
-    data: dict[str, Any] = {"code": error.code.value, "message": error.message}
-    if error.retry_after_ms is not None:
-        data["retryAfterMs"] = error.retry_after_ms
-    if error.message_id is not None:
-        data["messageId"] = error.message_id
-    return encode_frame("error", data, request_id)
-
-
-def pong_frame(request_id: str | int | None = None) -> str:
-    return encode_frame("pong", {"timestamp": int(time.time() * 1000)}, request_id)
 
 
 def iso_utc(moment: datetime) -> str:

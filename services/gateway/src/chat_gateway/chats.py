@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from chat_common.errors import ChatError, ErrorCode
-from chat_common.frames import ChatType, JoinChat, encode_frame
+from chat_common.frames import ChatType, JoinChat
+from chat_common.server_frames import (
+    FrameEncoder,
+    chat_created_frame,
+    chat_joined_frame,
+    chat_switched_frame,
+    chats_frame,
+)
 from chat_common.store import Chat, ChatStore, StoredMessage
 from chat_gateway.admission import BUDGET_WINDOW_MS, AdmissionStore
 from chat_gateway.connection import Connection
@@ -47,7 +54,7 @@ class Chats:
         else:
             await self._spend(user_id, "history")
             chat = await self._owned(user_id, data.chatId, data.chatType)
-        history = await self._enter(connection, chat, "chat_joined", frame.requestId, user_id=user_id)
+        history = await self._enter(connection, chat, chat_joined_frame, frame.requestId, user_id=user_id)
         wanted = data.messageId
         if wanted is not None and data.chatId is not None and all(m.id != wanted for m in history):
             await self.messages.resume(connection, user_id, wanted, data.lastSeq, attempt=data.attempt or 1)
@@ -57,17 +64,17 @@ class Chats:
     ) -> None:
         await self._spend(user_id, "history")
         chat = await self._owned(user_id, chat_id, chat_type)
-        await self._enter(connection, chat, "chat_switched", request_id)
+        await self._enter(connection, chat, chat_switched_frame, request_id)
 
     async def create(self, connection: Connection, user_id: str, chat_type: ChatType, request_id: RequestIdT) -> None:
         await self._spend(user_id, "chats")
         chat = await self.store.create_chat(user_id, chat_type)
         _move_to(connection, chat)
-        connection.send(encode_frame("chat_created", {"chatId": chat.id, "chatType": chat.chat_type}, request_id))
+        connection.send(chat_created_frame({"chatId": chat.id, "chatType": chat.chat_type}, request_id))
 
     async def list_chats(self, connection: Connection, user_id: str, limit: int, request_id: RequestIdT) -> None:
         chats = await self.store.list_chats(user_id, limit=limit)
-        connection.send(encode_frame("chats", {"chats": chats}, request_id))
+        connection.send(chats_frame({"chats": chats}, request_id))
 
     async def _spend(self, user_id: str, bucket: Budget) -> None:
         """Count one costly action against the user's per-minute budget; ``RATE_LIMITED`` with
@@ -93,7 +100,13 @@ class Chats:
         return chat
 
     async def _enter(
-        self, connection: Connection, chat: Chat, reply: str, request_id: RequestIdT, *, user_id: str | None = None
+        self,
+        connection: Connection,
+        chat: Chat,
+        reply: FrameEncoder,
+        request_id: RequestIdT,
+        *,
+        user_id: str | None = None,
     ) -> list[StoredMessage]:
         history = await self.store.history(chat.id, limit=self.limits.history_limit)
         _move_to(connection, chat)
@@ -101,7 +114,7 @@ class Chats:
         if user_id is not None:
             data["userId"] = user_id
         data["history"] = [message.to_client() for message in history]
-        connection.send(encode_frame(reply, data, request_id))
+        connection.send(reply(data, request_id))
         return history
 
 

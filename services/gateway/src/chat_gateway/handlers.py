@@ -22,9 +22,8 @@ from chat_common.frames import (
     RefreshToken,
     SendMessage,
     SwitchChat,
-    encode_frame,
-    pong_frame,
 )
+from chat_common.server_frames import pong_frame, token_refreshed_frame
 from chat_common.store import UNAVAILABLE_ERRORS
 from chat_gateway.chats import Chats
 from chat_gateway.connection import Connection
@@ -94,6 +93,6 @@ class FrameHandler:
             case RefreshToken():
                 identity = await self.tokens.renew(connection, frame.data.token)
                 expires = {"expiresAt": int(identity.expires_at * 1000)}
-                connection.send(encode_frame("token_refreshed", expires, frame.requestId))
+                connection.send(token_refreshed_frame(expires, frame.requestId))
             case ListChats():
                 await self.chats.list_chats(connection, user_id, frame.data.limit, frame.requestId)

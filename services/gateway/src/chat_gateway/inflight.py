@@ -32,7 +32,7 @@ from opentelemetry.trace import Span
 
 from chat_common.envelopes import ChatRequest, ControlMessage, ReplyHeaders
 from chat_common.errors import ChatError, ErrorCode
-from chat_common.frames import error_frame
+from chat_common.server_frames import error_frame
 from chat_gateway.connection import Connection
 from chat_gateway.metrics import GatewayMetrics
 from chat_gateway.refusals import Refusal

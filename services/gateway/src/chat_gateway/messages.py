@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from chat_common.broker import now_ms
 from chat_common.envelopes import ChatRequest, ControlMessage
 from chat_common.errors import ChatError, ErrorCode
-from chat_common.frames import Cancel, SendMessage, encode_frame
+from chat_common.frames import Cancel, SendMessage
+from chat_common.server_frames import message_accepted_frame
 from chat_common.store import UNAVAILABLE_ERRORS, ChatStore
 from chat_gateway.admission import AdmissionStore
 from chat_gateway.broker import GatewayBroker
@@ -72,7 +73,7 @@ class Messages:
                 content=content,
             )
         accepted = {"messageId": request.user_message_id, "chatId": request.chat_id}
-        connection.send(encode_frame("message_accepted", accepted, frame.requestId))
+        connection.send(message_accepted_frame(accepted, frame.requestId))
         pending = self.inflight.open(connection, request, span)
         try:
             with use_span(span):

@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from chat_common.errors import ChatError, ErrorCode
-from chat_common.frames import error_frame
+from chat_common.server_frames import error_frame
 
 if TYPE_CHECKING:
     from chat_gateway.connection import Connection

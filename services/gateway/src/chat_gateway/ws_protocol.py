@@ -56,7 +56,7 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
 from chat_common.errors import ChatError, ErrorCode
-from chat_common.frames import error_frame
+from chat_common.server_frames import error_frame
 
 PAYLOAD_TOO_LARGE_REASON = ErrorCode.PAYLOAD_TOO_LARGE.value
 INVALID_UTF8_REASON = ErrorCode.INVALID_MESSAGE.value

@@ -18,7 +18,7 @@ import aio_pika
 from aio_pika.abc import AbstractExchange
 
 from chat_common.envelopes import ChatRequest, ReplyHeaders, ReplyKind
-from chat_common.frames import encode_frame
+from chat_common.server_frames import error_data_frame, response_chunk_frame, response_end_frame, response_start_frame
 
 CHANNEL_GONE: tuple[type[BaseException], ...] = (
     aio_pika.exceptions.ChannelInvalidStateError,
@@ -88,12 +88,10 @@ class ReplyStream:
             data["attempt"] = self._attempt
         if resumed:
             data["resumed"] = True
-        return encode_frame("response_start", data)
+        return response_start_frame(data)
 
     def _chunk_frame(self, delta: str, seq: int) -> str:
-        return encode_frame(
-            "response_chunk", {"messageId": self._request.assistant_message_id, "delta": delta, "seq": seq}
-        )
+        return response_chunk_frame({"messageId": self._request.assistant_message_id, "delta": delta, "seq": seq})
 
     async def start(self) -> None:
         await self._publish("start", lambda _seq: self._start_frame())
@@ -112,11 +110,11 @@ class ReplyStream:
             "usage": usage,
             "finishReason": finish_reason,
         }
-        await self._publish("end", lambda _seq: encode_frame("response_end", data))
+        await self._publish("end", lambda _seq: response_end_frame(data))
 
     async def error(self, code: str, message: str) -> None:
         data = {"code": code, "message": message, "messageId": self._request.assistant_message_id}
-        await self._publish("error", lambda _seq: encode_frame("error", data), code=code)
+        await self._publish("error", lambda _seq: error_data_frame(data), code=code)
 
     def redirect(self, connection_id: str, reply_to: str) -> None:
         """Address every frame from now on to another connection (before the first one is sent)."""
