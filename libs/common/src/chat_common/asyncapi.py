@@ -77,51 +77,62 @@ def _camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def build_document() -> dict[str, Any]:
-    models = [*CLIENT_FRAMES, *server_frames.SERVER_FRAMES]
-    keys, schemas = models_json_schema(
-        [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
-    )
-    messages: dict[str, Any] = {}
-    for model in models:
-        name = frame_type(model)
-        messages[name] = {
-            "name": name,
-            "title": name,
-            "summary": SUMMARIES[name],
+_CHANNEL_REF = {"$ref": "#/channels/chat"}
+
+
+def _message_ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/channels/chat/messages/{name}"}
+
+
+def _messages(keys: dict[Any, Any], models: list[type[Any]]) -> dict[str, Any]:
+    return {
+        frame_type(model): {
+            "name": frame_type(model),
+            "title": frame_type(model),
+            "summary": SUMMARIES[frame_type(model)],
             "contentType": "application/json",
             "payload": keys[(model, "validation")],
         }
-    channel_ref = {"$ref": "#/channels/chat"}
+        for model in models
+    }
 
-    def message_ref(name: str) -> dict[str, str]:
-        return {"$ref": f"#/channels/chat/messages/{name}"}
 
+def _operations() -> dict[str, Any]:
     operations: dict[str, Any] = {}
     for model in CLIENT_FRAMES:
         name = frame_type(model)
         operation: dict[str, Any] = {
             "action": "receive",
-            "channel": channel_ref,
+            "channel": _CHANNEL_REF,
             "summary": SUMMARIES[name],
-            "messages": [message_ref(name)],
+            "messages": [_message_ref(name)],
         }
         if name in REPLIES:
-            operation["reply"] = {"channel": channel_ref, "messages": [message_ref(r) for r in REPLIES[name]]}
+            operation["reply"] = {"channel": _CHANNEL_REF, "messages": [_message_ref(r) for r in REPLIES[name]]}
         operations[_camel(name)] = operation
     operations["streamAnswer"] = {
         "action": "send",
-        "channel": channel_ref,
+        "channel": _CHANNEL_REF,
         "summary": "After message_accepted: response_start, response_chunk..., then response_end or error "
         "(matched to the question by messageId/userMessageId, not requestId).",
-        "messages": [message_ref(n) for n in ("response_start", "response_chunk", "response_end", "error")],
+        "messages": [_message_ref(n) for n in ("response_start", "response_chunk", "response_end", "error")],
     }
     operations["closeWithError"] = {
         "action": "send",
-        "channel": channel_ref,
+        "channel": _CHANNEL_REF,
         "summary": "An error the gateway sends on its own: token expired, server shutting down, too slow a reader.",
-        "messages": [message_ref("error")],
+        "messages": [_message_ref("error")],
     }
+    return operations
+
+
+def build_document() -> dict[str, Any]:
+    models = [*CLIENT_FRAMES, *server_frames.SERVER_FRAMES]
+    keys, schemas = models_json_schema(
+        [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
+    )
+    messages = _messages(keys, models)
+    operations = _operations()
     return {
         "asyncapi": "3.0.0",
         "info": {
