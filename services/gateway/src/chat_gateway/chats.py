@@ -37,12 +37,12 @@ class ChatLimits:
     history_limit: int
 
 
+@dataclass(slots=True)
 class Chats:
-    def __init__(self, store: ChatStore, admission: AdmissionStore, messages: Messages, limits: ChatLimits) -> None:
-        self.store = store
-        self.admission = admission
-        self.messages = messages
-        self.limits = limits
+    store: ChatStore
+    admission: AdmissionStore
+    messages: Messages
+    limits: ChatLimits
 
     async def join(self, connection: Connection, frame: JoinChat, user_id: str) -> None:
         """``chat_joined`` with the history (a new chat without ``chatId``); naming an answer that is

@@ -10,6 +10,7 @@ from the history that it was not taken.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from chat_common.errors import ChatError, ErrorCode
 from chat_common.frames import (
@@ -35,17 +36,15 @@ from chat_gateway.tokens import TokenKeeper
 logger = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
 class FrameHandler:
     """One per gateway: the connection is an argument, so an idle connection costs no handler."""
 
-    def __init__(
-        self, tokens: TokenKeeper, chats: Chats, messages: Messages, metrics: GatewayMetrics, *, busy_retry_ms: int
-    ) -> None:
-        self.tokens = tokens
-        self.chats = chats
-        self.messages = messages
-        self.metrics = metrics
-        self.busy_retry_ms = busy_retry_ms
+    tokens: TokenKeeper
+    chats: Chats
+    messages: Messages
+    metrics: GatewayMetrics
+    busy_retry_ms: int
 
     async def dispatch(self, connection: Connection, frame: ClientFrame, *, verified: bool = False) -> None:
         """Run ``frame``; ``verified``: its token (a ``join_chat``'s) was verified just now."""

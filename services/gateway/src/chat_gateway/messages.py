@@ -46,20 +46,13 @@ class MessageLimits:
     """this gateway's reply queue (``INSTANCE_ID``)."""
 
 
+@dataclass(slots=True)
 class Messages:
-    def __init__(
-        self,
-        store: ChatStore,
-        admission: AdmissionStore,
-        broker: GatewayBroker,
-        inflight: InFlight,
-        limits: MessageLimits,
-    ) -> None:
-        self.store = store
-        self.admission = admission
-        self.broker = broker
-        self.inflight = inflight
-        self.limits = limits
+    store: ChatStore
+    admission: AdmissionStore
+    broker: GatewayBroker
+    inflight: InFlight
+    limits: MessageLimits
 
     async def send(self, connection: Connection, frame: SendMessage, user_id: str) -> None:
         content = await self._checked(connection, frame, user_id)

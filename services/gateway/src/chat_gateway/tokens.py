@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 
 from chat_common.errors import ErrorCode
 from chat_gateway.admission import AdmissionStore
@@ -24,25 +25,16 @@ from chat_gateway.registry import ConnectionRegistry
 _MAX_TIMER_S = 3600.0
 
 
+@dataclass(slots=True)
 class TokenKeeper:
-    def __init__(
-        self,
-        verifier: TokenVerifier,
-        admission: AdmissionStore,
-        registry: ConnectionRegistry,
-        metrics: GatewayMetrics,
-        *,
-        leeway_s: float,
-        max_connections_per_user: int,
-    ) -> None:
-        self.verifier = verifier
-        self.admission = admission
-        self.registry = registry
-        self.metrics = metrics
-        self.leeway_s = leeway_s
-        self.max_connections_per_user = max_connections_per_user
-        self._closing: set[asyncio.Task[None]] = set()
-        """refusals started by an expiry timer, each bounded by ``WS_SEND_TIMEOUT``."""
+    verifier: TokenVerifier
+    admission: AdmissionStore
+    registry: ConnectionRegistry
+    metrics: GatewayMetrics
+    leeway_s: float
+    max_connections_per_user: int
+    _closing: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    """refusals started by an expiry timer, each bounded by ``WS_SEND_TIMEOUT``."""
 
     async def authenticate(self, connection: Connection, token: str) -> Identity:
         """Verify the first token and take a user slot; a ``ChatError`` here closes the connection."""
