@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 
@@ -18,6 +17,7 @@ from llm_worker.http import serve_http
 from llm_worker.metrics import WorkerMetrics
 from llm_worker.prompts import load_prompts
 from llm_worker.providers import make_provider
+from llm_worker.reaper import reap_forever
 from llm_worker.service import Worker
 
 logger = logging.getLogger("llm_worker")
@@ -40,7 +40,7 @@ async def amain(settings: Settings, *, sampler: RequestSampler | None = None) ->
         ok = worker.connected
         return (200 if ok else 503), {
             "status": "healthy" if ok else "critical",
-            "inFlight": len(worker._active),
+            "inFlight": worker.in_flight,
         }
 
     def not_ready() -> list[str]:
@@ -54,19 +54,18 @@ async def amain(settings: Settings, *, sampler: RequestSampler | None = None) ->
     server = await serve_http(settings.internal_host, settings.worker_metrics_port, metrics.registry, health, not_ready)
     try:
         await worker.start()
-        beats = asyncio.create_task(worker.heartbeats())
-        reaper = asyncio.create_task(worker.reap_forever())
-        writer = asyncio.create_task(answerer.answers.run())
-        logger.info("worker %s ready (provider %s)", settings.instance_id, settings.provider)
-        await stop.wait()
-        logger.info("worker %s stopping", settings.instance_id)
-        beats.cancel()
-        reaper.cancel()
-        await worker.farewell()
-        await worker.stop(grace_s=settings.shutdown_grace / 1000)
-        writer.cancel()  # after the answers it stores have finished
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
+        async with asyncio.TaskGroup() as tasks:
+            beats = tasks.create_task(worker.heartbeats())
+            reaper = tasks.create_task(reap_forever(answerer.store, request_timeout_s=settings.request_timeout / 1000))
+            writer = tasks.create_task(answerer.answers.run())
+            logger.info("worker %s ready (provider %s)", settings.instance_id, settings.provider)
+            await stop.wait()
+            logger.info("worker %s stopping", settings.instance_id)
+            beats.cancel()
+            reaper.cancel()
+            await worker.farewell()
+            await worker.stop(grace_s=settings.shutdown_grace / 1000)
+            writer.cancel()  # after the answers it stores have finished
     finally:
         server.close()
         await provider.close()

@@ -1,4 +1,4 @@
-"""Answer one chat request: build the prompt, stream the model, coalesce, store, reply.
+"""One answer from prompt to stored reply: build the prompt, stream the model, coalesce, store, reply.
 
 Contract: ``answer`` returns the outcome once the answer (complete, cancelled or failed) is both
 stored and sent; the caller acks the request after that. If the task is cancelled for a reason that
@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 from chat_common.broker import now_ms
 from chat_common.envelopes import ChatRequest
+from chat_common.errors import ErrorCode
 from chat_common.group_commit import GroupCommit
 from chat_common.settings import Settings
 from chat_common.store import DATA_ERRORS, UNAVAILABLE_ERRORS, AnswerRow, ChatStore
@@ -26,8 +27,8 @@ from llm_worker.budget import trim_to_budget
 from llm_worker.clean import DeltaCleaner
 from llm_worker.coalesce import Coalescer
 from llm_worker.metrics import WorkerMetrics
-from llm_worker.providers import Delta, Finish, LLMProvider, PromptMessage, UpstreamError
-from llm_worker.replies import ReplyStream
+from llm_worker.providers import Finish, LLMProvider, PromptMessage, UpstreamError
+from llm_worker.replies import ReplyStream, usage_of
 
 logger = logging.getLogger(__name__)
 
@@ -104,81 +105,135 @@ class Answerer:
             *trim_to_budget(context, self.settings.history_token_budget),
         ]
 
-    async def answer(self, request: ChatRequest, replies: ReplyStream, scope: CancelScope) -> Outcome:
+    async def answer(
+        self, request: ChatRequest, replies: ReplyStream, scope: CancelScope
+    ) -> tuple[Outcome, float | None]:
+        """The outcome, and the answer's time in ms (None for an ``upstream_error``)."""
         started = time.monotonic()
         messages = await with_store_retry(request, lambda: self.prompt(request))
         await replies.start()
-        coalescer = Coalescer(interval_ms=self.settings.chunk_coalesce_ms, max_chars=self.settings.chunk_coalesce_chars)
-        cleaner = DeltaCleaner()  # NUL and lone surrogates would fail the store and the reply
-        parts: list[str] = []
-        finish: Finish | None = None
-        first = True
+        stream = _Stream(replies, self._coalescer())
         try:
-            async for event in self.provider.stream(messages, max_tokens=request.max_tokens):
-                if isinstance(event, Delta):
-                    if first:
-                        first = False
-                        self.metrics.first_token_seconds.observe(time.monotonic() - started)
-                    text = cleaner.feed(event.text)
-                    if not text:
-                        continue
-                    parts.append(text)
-                    ready = coalescer.add(text)
-                    if ready is not None:
-                        await replies.chunk(ready)
-                        self.metrics.chunks.inc()
-                else:
-                    finish = event
-        except asyncio.CancelledError:
-            if scope.reason not in STORED_REASONS:
-                raise  # shutdown or broker lost: leave the request to be redelivered
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            finish = Finish("timeout" if scope.reason == "timeout" else "cancelled")
+            finish = await self._generate(request, messages, stream, scope, started)
         except UpstreamError as exc:
             logger.warning("request %s: model failed: %s", request.request_id, exc)
             await with_store_retry(
                 request, lambda: self.store.mark_request(request.request_id, "failed", error_code="UPSTREAM_ERROR")
             )
             await replies.error("UPSTREAM_ERROR", "The language model failed to answer")
-            self.metrics.record("upstream_error")
-            return "upstream_error"
-        held = cleaner.flush()
-        if held:
-            parts.append(held)
-            if (ready := coalescer.add(held)) is not None:
-                await replies.chunk(ready)
-        rest = coalescer.flush()
-        if rest is not None:
-            await replies.chunk(rest)
-        content = "".join(parts)
-        assert finish is not None
-        status: Literal["complete", "cancelled", "failed"] = "complete"
-        if finish.reason == "cancelled":
-            status = "cancelled"
-        elif finish.reason == "timeout":
-            status = "failed"
-        usage = None
+            return "upstream_error", None
+        content = await stream.flush()
+        status = _status(finish)
+        await with_store_retry(request, lambda: self.answers.submit(_row(request, content, status, finish)))
+        self._count_tokens(finish)
+        await replies.end(
+            content, finish_reason=finish.reason, usage=usage_of(finish.prompt_tokens, finish.completion_tokens)
+        )
+        outcome: Outcome = "timeout" if status == "failed" else status
+        return outcome, (time.monotonic() - started) * 1000
+
+    async def _generate(
+        self,
+        request: ChatRequest,
+        messages: list[PromptMessage],
+        stream: _Stream,
+        scope: CancelScope,
+        started: float,
+    ) -> Finish:
+        """Stream the model into ``stream`` until its ``Finish``, or a cancel the client asked for."""
+        finish: Finish | None = None
+        try:
+            async for event in self.provider.stream(messages, max_tokens=request.max_tokens):
+                if isinstance(event, Finish):
+                    finish = event
+                    continue
+                if stream.first:
+                    self.metrics.first_token_seconds.observe(time.monotonic() - started)
+                if await stream.feed(event.text):
+                    self.metrics.chunks.inc()
+        except asyncio.CancelledError:
+            if scope.reason not in STORED_REASONS:
+                raise  # shutdown or broker lost: leave the request to be redelivered
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            finish = Finish("timeout" if scope.reason == "timeout" else "cancelled")
+        assert finish is not None  # every provider stream ends with one
+        return finish
+
+    def _coalescer(self) -> Coalescer:
+        return Coalescer(interval_ms=self.settings.chunk_coalesce_ms, max_chars=self.settings.chunk_coalesce_chars)
+
+    def _count_tokens(self, finish: Finish) -> None:
         if finish.prompt_tokens is not None or finish.completion_tokens is not None:
-            usage = {
-                "promptTokens": finish.prompt_tokens,
-                "completionTokens": finish.completion_tokens,
-                "totalTokens": (finish.prompt_tokens or 0) + (finish.completion_tokens or 0),
-            }
             self.metrics.tokens.labels("prompt").inc(finish.prompt_tokens or 0)
             self.metrics.tokens.labels("completion").inc(finish.completion_tokens or 0)
-        row = AnswerRow(
-            message_id=request.assistant_message_id,
-            chat_id=request.chat_id,
-            request_id=request.request_id,
-            content=content,
-            status=status,
-            finish_reason=finish.reason,
-            error_code="TIMEOUT" if status == "failed" else None,
-            prompt_tokens=finish.prompt_tokens,
-            completion_tokens=finish.completion_tokens,
-        )
-        await with_store_retry(request, lambda: self.answers.submit(row))
-        await replies.end(content, finish_reason=finish.reason, usage=usage)
-        outcome: Outcome = "timeout" if status == "failed" else status
-        self.metrics.record(outcome, answer_ms=(time.monotonic() - started) * 1000)
-        return outcome
+
+    async def fail_final(self, request: ChatRequest, replies: ReplyStream) -> None:
+        """Record the request as failed (``INTERNAL``) and tell the client; best effort, never raises."""
+        try:
+            await with_store_retry(
+                request,
+                lambda: self.store.mark_request(request.request_id, "failed", error_code="INTERNAL", only_open=True),
+            )
+            await replies.error(ErrorCode.INTERNAL.value, "The request could not be completed")
+        except Exception as exc:  # noqa: BLE001 - the request is acked anyway: the same data would fail again
+            logger.warning("request %s: final failure not recorded or not sent (%r)", request.request_id, exc)
+
+
+class _Stream:
+    """The model's text on its way to the client: cleaned, coalesced into chunks, kept whole for the store."""
+
+    def __init__(self, replies: ReplyStream, coalescer: Coalescer) -> None:
+        self.replies = replies
+        self.coalescer = coalescer
+        self.cleaner = DeltaCleaner()  # NUL and lone surrogates would fail the store and the reply
+        self.parts: list[str] = []
+        self.first = True
+
+    async def feed(self, delta: str) -> bool:
+        """Take one delta of the model; whether a chunk was sent."""
+        self.first = False
+        text = self.cleaner.feed(delta)
+        if not text:
+            return False
+        self.parts.append(text)
+        ready = self.coalescer.add(text)
+        if ready is None:
+            return False
+        await self.replies.chunk(ready)
+        return True
+
+    async def flush(self) -> str:
+        """Send what is held back; the whole answer."""
+        held = self.cleaner.flush()
+        if held:
+            self.parts.append(held)
+            if (ready := self.coalescer.add(held)) is not None:
+                await self.replies.chunk(ready)
+        rest = self.coalescer.flush()
+        if rest is not None:
+            await self.replies.chunk(rest)
+        return "".join(self.parts)
+
+
+def _status(finish: Finish) -> Literal["complete", "cancelled", "failed"]:
+    if finish.reason == "cancelled":
+        return "cancelled"
+    if finish.reason == "timeout":
+        return "failed"
+    return "complete"
+
+
+def _row(
+    request: ChatRequest, content: str, status: Literal["complete", "cancelled", "failed"], finish: Finish
+) -> AnswerRow:
+    return AnswerRow(
+        message_id=request.assistant_message_id,
+        chat_id=request.chat_id,
+        request_id=request.request_id,
+        content=content,
+        status=status,
+        finish_reason=finish.reason,
+        error_code="TIMEOUT" if status == "failed" else None,
+        prompt_tokens=finish.prompt_tokens,
+        completion_tokens=finish.completion_tokens,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from chat_common.metrics import TimedFigure, counts_by_label, register_process_collectors
-from llm_worker.tracing import ERROR_OUTCOMES, mark_outcome
+from llm_worker.tracing import ERROR_OUTCOMES
 
 _BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120)
 
@@ -41,9 +41,8 @@ class WorkerMetrics:
         self.errors_total = 0
 
     def record(self, outcome: str, *, answer_ms: float | None = None) -> None:
-        """Count a request's outcome (and tag the request's span with it)."""
+        """Count a request's outcome (``outcomes.settle`` marks its span)."""
         self.requests.labels(outcome).inc()
-        mark_outcome(outcome)
         self.requests_total += 1
         if outcome in ("upstream_error", "store_error", "data_error"):
             self.errors_total += 1

@@ -67,29 +67,20 @@ class OpenAIProvider:
         )
 
     async def stream(self, messages: list[PromptMessage], *, max_tokens: int) -> AsyncIterator[StreamEvent]:
-        span = start_llm_span(system="openai", model=self.model, max_tokens=max_tokens)
         try:
-            # current only around the call, so the SDK's HTTP request span is its child
-            with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
-                response = await self.client.chat.completions.create(
-                    model=self.model,
-                    messages=cast(
-                        "list[ChatCompletionMessageParam]", [{"role": m.role, "content": m.content} for m in messages]
-                    ),
-                    max_tokens=max_tokens,
-                    stream=True,
-                    stream_options={"include_usage": True},
-                )
+            response = await self.client.chat.completions.create(
+                model=self.model,
+                messages=cast(
+                    "list[ChatCompletionMessageParam]", [{"role": m.role, "content": m.content} for m in messages]
+                ),
+                max_tokens=max_tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
         except openai.OpenAIError as exc:
-            end_llm_span(span, finish_reason=None, error=exc)
             raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
-        except BaseException as exc:
-            end_llm_span(span, finish_reason=None, error=exc)
-            raise
         reason: str | None = None
         prompt_tokens = completion_tokens = None
-        first = True
-        failure: BaseException | None = None
         try:
             async for chunk in response:
                 if chunk.usage is not None:
@@ -97,24 +88,13 @@ class OpenAIProvider:
                     completion_tokens = chunk.usage.completion_tokens
                 for choice in chunk.choices:
                     if choice.delta.content:
-                        if first:
-                            span.add_event("first_token")
-                            first = False
                         yield Delta(choice.delta.content)
                     if choice.finish_reason:
                         reason = choice.finish_reason
         except openai.OpenAIError as exc:
-            failure = exc
             raise UpstreamError(f"{type(exc).__name__}: {exc}") from exc
         finally:
             await response.close()
-            end_llm_span(
-                span,
-                finish_reason=reason,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                error=failure,
-            )
         yield Finish(reason or "stop", prompt_tokens, completion_tokens)
 
     async def close(self) -> None:
@@ -148,28 +128,21 @@ class FakeProvider:
     async def stream(self, messages: list[PromptMessage], *, max_tokens: int) -> AsyncIterator[StreamEvent]:
         words = self._answer(messages)
         count = min(len(words), max_tokens)
-        span = start_llm_span(system="fake", model="fake", max_tokens=max_tokens)
-        reason: str | None = None
         prompt_tokens = sum(len(m.content.split()) for m in messages)
-        try:
-            if self.first_token_s:
-                await asyncio.sleep(self.first_token_s)
-            interval = 1 / self.tokens_per_second if self.tokens_per_second > 0 else 0.0
-            start = asyncio.get_running_loop().time()
-            span.add_event("first_token")
-            for index, word in enumerate(words[:count]):
-                if interval:
-                    # pace against the clock, not per sleep, so timer slack does not accumulate
-                    delay = start + index * interval - asyncio.get_running_loop().time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                elif index % 64 == 63:
-                    await asyncio.sleep(0)
-                yield Delta(word if index == 0 else " " + word)
-            reason = "length" if count < len(words) else "stop"
-        finally:
-            end_llm_span(span, finish_reason=reason, prompt_tokens=prompt_tokens, completion_tokens=count)
-        yield Finish(reason, prompt_tokens, count)
+        if self.first_token_s:
+            await asyncio.sleep(self.first_token_s)
+        interval = 1 / self.tokens_per_second if self.tokens_per_second > 0 else 0.0
+        start = asyncio.get_running_loop().time()
+        for index, word in enumerate(words[:count]):
+            if interval:
+                # pace against the clock, not per sleep, so timer slack does not accumulate
+                delay = start + index * interval - asyncio.get_running_loop().time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            elif index % 64 == 63:
+                await asyncio.sleep(0)  # a model without delay still lets the loop breathe
+            yield Delta(word if index == 0 else " " + word)
+        yield Finish("length" if count < len(words) else "stop", prompt_tokens, count)
 
     def _answer(self, messages: list[PromptMessage]) -> list[str]:
         question = next((m.content for m in reversed(messages) if m.role == "user"), "")
@@ -183,7 +156,59 @@ class FakeProvider:
         return None
 
 
+class TracedProvider:
+    """Any provider with its ``llm.chat`` span: current while the inner provider works (so the SDK's
+    HTTP request span is its child), never across a ``yield`` (the caller's own spans stay the
+    request's), ended with the finish reason, token counts or the error."""
+
+    def __init__(self, inner: LLMProvider, *, system: str, model: str) -> None:
+        self.inner = inner
+        self.system = system
+        self.model = model
+
+    async def stream(self, messages: list[PromptMessage], *, max_tokens: int) -> AsyncIterator[StreamEvent]:
+        span = start_llm_span(system=self.system, model=self.model, max_tokens=max_tokens)
+        events = aiter(self.inner.stream(messages, max_tokens=max_tokens))
+        finish: Finish | None = None
+        failure: BaseException | None = None
+        first = True
+        try:
+            while True:
+                with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                    try:
+                        event = await anext(events)
+                    except StopAsyncIteration:
+                        break
+                if isinstance(event, Finish):
+                    finish = event
+                elif first:
+                    span.add_event("first_token")
+                    first = False
+                yield event
+        except BaseException as exc:
+            failure = None if isinstance(exc, GeneratorExit | asyncio.CancelledError) else exc
+            raise
+        finally:
+            await _close(events)
+            end_llm_span(
+                span,
+                finish_reason=finish.reason if finish else None,
+                prompt_tokens=finish.prompt_tokens if finish else None,
+                completion_tokens=finish.completion_tokens if finish else None,
+                error=failure,
+            )
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def _close(events: AsyncIterator[StreamEvent]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 def make_provider(settings: Settings) -> LLMProvider:
     if settings.provider == "openai":
-        return OpenAIProvider(settings)
-    return FakeProvider(settings)
+        return TracedProvider(OpenAIProvider(settings), system="openai", model=settings.openai_model)
+    return TracedProvider(FakeProvider(settings), system="fake", model="fake")

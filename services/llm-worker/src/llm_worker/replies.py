@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractExchange
 
 from chat_common.envelopes import ChatRequest, ReplyHeaders, ReplyKind
 from chat_common.server_frames import error_data_frame, response_chunk_frame, response_end_frame, response_start_frame
+from chat_common.store import StoredAnswer
 
 CHANNEL_GONE: tuple[type[BaseException], ...] = (
     aio_pika.exceptions.ChannelInvalidStateError,
@@ -27,6 +28,17 @@ CHANNEL_GONE: tuple[type[BaseException], ...] = (
     ConnectionError,
 )
 RETRY_S = 0.2
+
+
+def usage_of(prompt_tokens: int | None, completion_tokens: int | None) -> dict[str, Any] | None:
+    """The ``usage`` of a ``response_end``: None when the model reported no token counts."""
+    if prompt_tokens is None and completion_tokens is None:
+        return None
+    return {
+        "promptTokens": prompt_tokens,
+        "completionTokens": completion_tokens,
+        "totalTokens": (prompt_tokens or 0) + (completion_tokens or 0),
+    }
 
 
 class ReplyStream:
@@ -135,3 +147,14 @@ class ReplyStream:
             for seq, delta in self._sent:
                 if seq > (last_seq if same else -1):
                     await self._send("chunk", self._chunk_frame(delta, seq), seq)
+
+    async def resend(self, stored: StoredAnswer) -> None:
+        """Send a stored answer again as one start, one chunk and its end (or its error)."""
+        await self.start()
+        if stored.status == "failed" and stored.error_code and stored.error_code != "TIMEOUT":
+            await self.error(stored.error_code, "The language model failed to answer")
+            return
+        if stored.content:
+            await self.chunk(stored.content)
+        usage = usage_of(stored.prompt_tokens, stored.completion_tokens)
+        await self.end(stored.content, finish_reason=stored.finish_reason or "stop", usage=usage)

@@ -12,7 +12,6 @@ HTTP attempt (retries show as separate spans) and send ``traceparent`` to the mo
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 from typing import Any
 
@@ -71,24 +70,18 @@ def _attach(span: Span) -> None:
     context.attach(trace.set_span_in_context(span))
 
 
-def end_process_span(span: Span, task: asyncio.Task[None]) -> None:
-    if task.cancelled():
-        span.set_attribute("chat.outcome", "requeued")
-    elif task.exception() is not None:
-        span.set_status(Status(StatusCode.ERROR, type(task.exception()).__name__))
+def end_process_span(span: Span, *, outcome: str | None, requeued: bool = False) -> None:
+    """End the request's span with its outcome (``requeued`` when it went back to the queue unanswered)."""
+    if span.is_recording():
+        if outcome is not None:
+            span.set_attribute("chat.outcome", outcome)
+            code = ERROR_OUTCOMES.get(outcome)
+            if code is not None:
+                span.set_attribute("chat.error_code", code)
+                span.set_status(Status(StatusCode.ERROR, code))
+        elif requeued:
+            span.set_attribute("chat.outcome", "requeued")
     span.end()
-
-
-def mark_outcome(outcome: str) -> None:
-    """Record the request's outcome on the current request span (called where the outcome is counted)."""
-    span = trace.get_current_span()
-    if not span.is_recording():
-        return
-    span.set_attribute("chat.outcome", outcome)
-    code = ERROR_OUTCOMES.get(outcome)
-    if code is not None:
-        span.set_attribute("chat.error_code", code)
-        span.set_status(Status(StatusCode.ERROR, code))
 
 
 def start_llm_span(*, system: str, model: str, max_tokens: int) -> Span:

@@ -1,0 +1,76 @@
+"""Requests the broker gave up on (delivery limit, expiry, malformed): recorded as failed, the client told.
+
+A dead letter whose answer was stored meanwhile (the last attempt stored it and died before its
+ack) is dropped silently: the client has it in its history. The notice is acked once the failure
+is stored and the client told; while PostgreSQL is away it goes back to the notice queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import pydantic
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+
+from chat_common.envelopes import ChatRequest
+from chat_common.errors import DEFAULT_MESSAGES, ErrorCode
+from chat_common.store import UNAVAILABLE_ERRORS, ChatStore
+from llm_worker.answer import with_store_retry
+from llm_worker.consumer import attempt_of
+from llm_worker.metrics import WorkerMetrics
+from llm_worker.replies import ReplyStream
+
+logger = logging.getLogger(__name__)
+
+UNAVAILABLE_BACKOFF_S = 1.0
+"""pause before a notice goes back to its queue while PostgreSQL is away: the broker redelivers it at
+once, and without a pause the notices of an outage would spin through this consumer."""
+
+
+class DeadLetters:
+    def __init__(self, store: ChatStore, replies: Callable[[], AbstractExchange], metrics: WorkerMetrics) -> None:
+        self.store = store
+        self._replies = replies
+        self.metrics = metrics
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            request = ChatRequest.model_validate_json(message.body)
+        except pydantic.ValidationError:
+            await message.ack()  # nothing to tell anyone: nobody can be named
+            return
+        try:
+            await self._fail(request, message)
+            await message.ack()
+        except UNAVAILABLE_ERRORS:
+            await asyncio.sleep(UNAVAILABLE_BACKOFF_S)
+            try:
+                await message.nack(requeue=True)
+            except Exception as exc:  # noqa: BLE001 - the channel is gone: the broker redelivers
+                logger.warning("dead letter %s: requeue not delivered (%r)", request.request_id, exc)
+
+    async def _fail(self, request: ChatRequest, message: AbstractIncomingMessage) -> None:
+        reason = _death_reason(message)
+        code = ErrorCode.TIMEOUT if reason == "expired" else ErrorCode.INTERNAL
+        stored = await with_store_retry(request, lambda: self.store.get_answer(request.request_id))
+        if stored is not None:
+            return
+        logger.warning("request %s dead-lettered (%s): client told %s", request.request_id, reason, code)
+        await with_store_retry(
+            request,
+            lambda: self.store.mark_request(request.request_id, "failed", error_code=code, only_open=True),
+        )
+        replies = ReplyStream(self._replies(), request, attempt=attempt_of(message))
+        text = "The request could not be completed" if code == ErrorCode.INTERNAL else DEFAULT_MESSAGES[code]
+        await replies.error(code.value, text)
+        self.metrics.record("dead_letter")
+
+
+def _death_reason(message: AbstractIncomingMessage) -> str:
+    deaths = (message.headers or {}).get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        reason = deaths[0].get("reason", "")
+        return reason.decode() if isinstance(reason, bytes) else str(reason)
+    return "unknown"
