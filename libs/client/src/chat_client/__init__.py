@@ -7,7 +7,7 @@ async with await ChatClient.connect("ws://localhost:3000/ws/chat", token_provide
 """
 
 from chat_client.answer import Answer, AnswerChunk, AnswerEnd, AnswerRestarted
-from chat_client.client import ChatClient, ChatInfo, ChatSummary, ChatType, HistoryMessage
+from chat_client.client import ChatClient
 from chat_client.errors import (
     ERRORS_BY_CODE,
     AnswerInterrupted,
@@ -28,6 +28,7 @@ from chat_client.errors import (
     Unauthorized,
     UpstreamError,
 )
+from chat_client.models import ChatInfo, ChatSummary, ChatType, HistoryMessage
 from chat_client.policy import NO_RECONNECT, Backoff, TokenProvider
 
 __all__ = [

@@ -1,0 +1,211 @@
+"""The socket under a ``ChatClient``: open and join, read, and after a drop reconnect with jittered backoff.
+
+One reader task per client reads every frame and hands it to ``Hooks.dispatch``; when the socket
+drops it reconnects (``Backoff``), taking a new token from the provider each time, and rejoins with
+what ``Hooks.join_data`` says (the chat, the answer to resume). It gives up on ``ChatNotFound``, on
+a refused fixed token, or when the backoff's attempts run out: then ``Hooks.gave_up`` is told and
+every later operation raises that error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from typing import Any, Protocol
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from chat_client.errors import (
+    ChatClientError,
+    ChatNotFound,
+    ClientClosed,
+    ConnectionLost,
+    ServerError,
+    Unauthorized,
+    server_error,
+)
+from chat_client.models import dumps, loads
+from chat_client.policy import Backoff, TokenProvider, get_token
+
+logger = logging.getLogger("chat_client")
+
+
+class Hooks(Protocol):
+    """What the link asks of the client it serves."""
+
+    def join_data(self) -> dict[str, Any]:
+        """The ``join_chat`` data besides the token: the chat, and the answer to resume."""
+        ...
+
+    def joined(self, data: dict[str, Any], token: str) -> None:
+        """``chat_joined`` arrived on a new socket."""
+        ...
+
+    def dispatch(self, frame: dict[str, Any]) -> None: ...
+
+    def dropped(self, lost: ConnectionLost) -> None:
+        """The socket closed; a reconnect starts."""
+        ...
+
+    def gave_up(self, error: ChatClientError) -> None: ...
+
+
+class Link:
+    def __init__(
+        self,
+        url: str,
+        token: str | TokenProvider,
+        hooks: Hooks,
+        *,
+        backoff: Backoff,
+        open_timeout: float,
+        request_timeout: float,
+        options: dict[str, Any],
+    ) -> None:
+        self.url = url
+        self.token_source = token
+        self.hooks = hooks
+        self.backoff = backoff
+        self.open_timeout = open_timeout
+        self.request_timeout = request_timeout
+        self.options = options
+        self.ids = itertools.count(1)
+        self.ws: ClientConnection | None = None
+        self.reconnects = 0
+        self.last_close_code: int | None = None
+        self.fatal: ChatClientError | None = None
+        self.closing = False
+        self._connected = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self._reader is not None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set() and self.fatal is None and not self.closing
+
+    async def open(self) -> None:
+        if self._reader is not None:
+            raise RuntimeError("already open")
+        self.ws = await self._open_socket()
+        self._connected.set()
+        self._reader = asyncio.get_running_loop().create_task(self._read_forever(self.ws), name="chat-client-reader")
+
+    async def close(self) -> None:
+        self.closing = True
+        self._connected.clear()
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    async def ready(self) -> ClientConnection:
+        """The joined socket, waiting up to ``request_timeout`` while a reconnect runs."""
+        if self.closing:
+            raise ClientClosed("client closed")
+        if self.fatal is not None:
+            raise self.fatal
+        if not self._connected.is_set():
+            try:
+                async with asyncio.timeout(self.request_timeout):
+                    await self._connected.wait()
+            except TimeoutError:
+                raise ConnectionLost("not connected: still reconnecting") from None
+            if self.fatal is not None:
+                raise self.fatal
+        assert self.ws is not None
+        return self.ws
+
+    async def send(self, frame: dict[str, Any]) -> ClientConnection:
+        """Send ``frame`` on the joined socket; ``ConnectionLost`` if it closes meanwhile."""
+        ws = await self.ready()
+        try:
+            await ws.send(dumps(frame))
+        except ConnectionClosed as exc:
+            raise ConnectionLost("connection closed while sending", close_code=ws.close_code) from exc
+        return ws
+
+    async def _open_socket(self) -> ClientConnection:
+        token = await get_token(self.token_source)
+        ws = await websockets.connect(self.url, **self.options)
+        try:
+            await self._join(ws, token)
+        except BaseException:
+            await ws.close()
+            raise
+        return ws
+
+    async def _join(self, ws: ClientConnection, token: str) -> None:
+        data = {"token": token, **self.hooks.join_data()}
+        await ws.send(dumps({"type": "join_chat", "data": data, "requestId": next(self.ids)}))
+        async with asyncio.timeout(self.open_timeout):
+            while True:
+                frame = loads(await ws.recv())
+                kind = frame.get("type")
+                if kind == "error":
+                    raise server_error(frame.get("data") or {})
+                if kind == "chat_joined":
+                    break
+                self.hooks.dispatch(frame)
+        self.hooks.joined(frame["data"], token)
+
+    async def _read_forever(self, ws: ClientConnection) -> None:
+        """The reader: dispatch frames; when the socket drops, reconnect and go on reading."""
+        while True:
+            try:
+                async for raw in ws:
+                    try:
+                        self.hooks.dispatch(loads(raw))
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        logger.warning("unreadable frame from the gateway ignored")
+            except ConnectionClosed:
+                pass
+            self._connected.clear()
+            self.last_close_code = ws.close_code
+            if self.closing:
+                return
+            lost = ConnectionLost(f"connection closed (code {ws.close_code})", close_code=ws.close_code)
+            self.hooks.dropped(lost)
+            try:
+                ws = await self._reconnect(lost)
+            except ChatClientError as exc:
+                self.fatal = exc
+                self.hooks.gave_up(exc)
+                self._connected.set()  # wake waiters so that they see the fatal error
+                return
+            self.ws = ws
+            self._connected.set()
+
+    async def _reconnect(self, cause: ConnectionLost) -> ClientConnection:
+        policy = self.backoff
+        attempt = 0
+        while policy.max_attempts is None or attempt < policy.max_attempts:
+            await asyncio.sleep(policy.delay(attempt))
+            attempt += 1
+            try:
+                ws = await self._open_socket()
+            except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                logger.info("reconnect attempt %d failed: %r", attempt, exc)
+                continue
+            except ChatNotFound:
+                raise
+            except Unauthorized:
+                if isinstance(self.token_source, str):
+                    raise  # the same token will not become valid again
+                logger.info("reconnect attempt %d: token refused", attempt)
+                continue
+            except ServerError as exc:  # at capacity, too many connections, busy: later may work
+                logger.info("reconnect attempt %d refused: %s", attempt, exc.code)
+                continue
+            self.reconnects += 1
+            logger.info("reconnected after %d attempt(s)", attempt)
+            return ws
+        raise ConnectionLost(f"gave up reconnecting after {attempt} attempt(s)", close_code=cause.close_code)
