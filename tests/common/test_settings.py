@@ -70,3 +70,40 @@ def test_the_payload_limit_must_carry_the_longest_message(monkeypatch: pytest.Mo
     assert "WS_MAX_MESSAGE_LENGTH" in str(raised.value)
     monkeypatch.setenv("WS_MAX_MESSAGE_LENGTH", "1000")
     assert load_settings().ws_max_payload == 8192
+
+
+def test_each_service_reads_its_sections_and_secrets_stay_out_of_reprs() -> None:
+    from chat_common.settings import (
+        AuthSettings,
+        GatewaySettings,
+        LLMSettings,
+        MonitorSettings,
+        Settings,
+        WorkerSettings,
+    )
+
+    secret, key = "s3cr3t-" + "x" * 40, "sk-" + "y" * 40
+    settings = Settings(jwt_secret=secret, openai_api_key=key)  # type: ignore[arg-type]
+    assert secret not in repr(settings)
+    assert key not in repr(settings)
+    assert settings.jwt_secret is not None
+    assert settings.jwt_secret.get_secret_value() == secret
+    # a service's class has its own sections and none of the others'
+    assert "ws_max_connections" in GatewaySettings.model_fields
+    assert "openai_api_key" not in GatewaySettings.model_fields
+    assert "openai_api_key" in WorkerSettings.model_fields
+    assert "jwt_secret" not in WorkerSettings.model_fields
+    assert set(MonitorSettings.model_fields) < set(Settings.model_fields)
+    assert isinstance(settings, GatewaySettings | WorkerSettings | MonitorSettings | AuthSettings | LLMSettings)
+    # durations are read in ms (the spec's units) and converted once
+    assert Settings(request_timeout=1500).request_timeout_s == 1.5  # type: ignore[arg-type]
+
+
+def test_urls_are_validated_where_they_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chat_common.settings import ConfigurationError, WorkerSettings
+
+    monkeypatch.setenv("DATABASE_URL", "not a url")
+    with pytest.raises(ConfigurationError, match="DATABASE_URL"):
+        load_settings(WorkerSettings)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://chat:chat@db:5432/chat")
+    assert str(load_settings(WorkerSettings).database_url) == "postgresql://chat:chat@db:5432/chat"

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from chat_common.frames import iso_utc
-from chat_common.settings import Settings
+from chat_common.settings import HealthSettings
 
 Status = Literal["healthy", "warning", "critical"]
 _RANK: dict[Status, int] = {"healthy": 0, "warning": 1, "critical": 2}
@@ -47,7 +47,7 @@ class HealthThresholds:
     memory_warning_bytes: int = 1024 * 1024 * 1024
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> HealthThresholds:
+    def from_settings(cls, settings: HealthSettings) -> HealthThresholds:
         return cls(
             capacity_warning=settings.health_capacity_warning,
             capacity_critical=settings.health_capacity_critical,
@@ -56,7 +56,7 @@ class HealthThresholds:
             error_rate_critical=settings.health_error_rate_critical,
             error_rate_min_requests=settings.health_error_rate_min_requests,
             queue_warning=settings.health_queue_warning,
-            backlog_growth_window_s=settings.health_backlog_growth_window / 1000,
+            backlog_growth_window_s=settings.health_backlog_growth_window_s,
             memory_warning_bytes=settings.health_memory_warning_mb * 1024 * 1024,
         )
 

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from opentelemetry import trace
 
-from chat_common.settings import Settings
+from chat_common.settings import ProcessSettings
 
 
 class _TraceContextFilter(logging.Filter):
@@ -34,7 +34,7 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
-def setup_logging(settings: Settings, *, service: str) -> None:
+def setup_logging(settings: ProcessSettings, *, service: str) -> None:
     level = "DEBUG" if settings.verbose_gateway and service == "gateway" else settings.log_level
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_TraceContextFilter())

@@ -1,7 +1,12 @@
-"""Typed configuration read from environment variables.
+"""Typed configuration from environment variables: shared sections, one class per service composed of them.
 
-Every name and default of SPEC §3 lives here, with the project's own additions; ``load_settings``
-turns a bad value into one start-up error that names the variable.
+Every name and default of SPEC §3 lives here, with the project's own additions. A section holds the
+variables of one concern (the broker, the database, the edge, ...); ``GatewaySettings``,
+``WorkerSettings`` and ``MonitorSettings`` are each composed of the sections that service reads, so
+a component typed with a section sees only its variables. ``Settings`` holds every variable (the
+tools and tests that start the whole stack). Secrets are ``SecretStr`` (never in a repr or a log),
+URLs are validated DSNs, and every millisecond setting has its seconds as ``<name>_s``, converted
+here once. ``load_settings`` turns a bad value into one start-up error that names the variable.
 """
 
 from __future__ import annotations
@@ -10,9 +15,19 @@ import logging
 import os
 import socket
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar, overload
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    AmqpDsn,
+    Field,
+    PostgresDsn,
+    RedisDsn,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
@@ -42,12 +57,93 @@ def max_frame_for(message_length: int) -> int:
     return 4 * message_length + FRAME_ENVELOPE_BYTES
 
 
-class Settings(BaseSettings):
-    """All settings of all services; each service reads the part it needs."""
-
+class _Section(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
-    # --- limits from the original document (SPEC §3): same names, units and defaults ---
+
+class ProcessSettings(_Section):
+    """What every process reads: its identity, its logs and traces, its heartbeat, its internal endpoints."""
+
+    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    internal_host: str = "127.0.0.1"
+    """listen address of the internal HTTP endpoints (monitor API and dashboard, worker ``/metrics``,
+    ``/health``, ``/readyz``): no authentication there, so loopback unless a private network needs them."""
+    heartbeat_interval: PositiveInt = 5_000
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    debug: str | None = Field(default=None, validation_alias=AliasChoices("DEBUG"))
+    otel_exporter_otlp_endpoint: str | None = None
+    shutdown_grace: Annotated[int, Field(ge=0)] = 25_000
+    """ms a stopping gateway or worker lets in-flight answers run before it closes or requeues them."""
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError(f"unknown log level {value!r}")
+        return level
+
+    @property
+    def verbose_gateway(self) -> bool:
+        """The original's ``DEBUG=websocket:*`` switch."""
+        return bool(self.debug) and "websocket" in (self.debug or "")
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return self.heartbeat_interval / 1000
+
+    @property
+    def shutdown_grace_s(self) -> float:
+        return self.shutdown_grace / 1000
+
+
+class BrokerSettings(_Section):
+    """RabbitMQ: where it is, and the request queues' limits."""
+
+    amqp_url: AmqpDsn = AmqpDsn("amqp://guest:guest@localhost:5672/")
+    request_queue_max_length: PositiveInt = 10_000
+    request_delivery_limit: PositiveInt = 3
+    publish_timeout: PositiveInt = 5_000
+    """ms a publish (with its confirm) may take before the client gets ``BUSY``."""
+    reply_prefetch: PositiveInt = 1000
+    """replies a gateway takes from its reply queue before it has read them; the rest wait in the
+    broker (bounded by the queue's message TTL), not in the gateway's memory."""
+
+    @property
+    def publish_timeout_s(self) -> float:
+        return self.publish_timeout / 1000
+
+
+class DatabaseSettings(_Section):
+    """PostgreSQL, where chats and messages are kept."""
+
+    database_url: PostgresDsn = PostgresDsn("postgresql://chat:chat@localhost:5432/chat")
+    database_pool_size: PositiveInt = 10
+
+
+class RequestSettings(_Section):
+    """A request's life between gateway and worker: its timeout, its grace on a closed connection, its history."""
+
+    request_timeout: PositiveInt = 120_000
+    """ms from publishing a request to its ``response_end`` before the client gets ``TIMEOUT``."""
+    resume_grace: Annotated[int, Field(ge=0)] = 10_000
+    """ms a worker keeps generating for a closed connection, waiting for the client to resume."""
+    history_limit: PositiveInt = 50
+    """messages returned in ``history`` and, at most, sent to the model as context."""
+
+    @property
+    def request_timeout_s(self) -> float:
+        return self.request_timeout / 1000
+
+    @property
+    def resume_grace_s(self) -> float:
+        return self.resume_grace / 1000
+
+
+class EdgeSettings(_Section):
+    """The gateway's edge: the WebSocket limits of the original document and the ones added against hostile peers."""
+
     ws_max_connections: PositiveInt = 2000
     ws_max_connections_per_user: PositiveInt = 5
     ws_rate_limit_window: PositiveInt = 60_000
@@ -78,24 +174,87 @@ class Settings(BaseSettings):
     """ms a new TCP connection has to complete its HTTP request headers (the WebSocket handshake)."""
     ws_max_unauthenticated_share: Annotated[float, Field(gt=0, le=1)] = 0.25
     """share of ``WS_MAX_CONNECTIONS`` that sockets not yet authenticated may hold together."""
-
-    # --- infrastructure ---
-    amqp_url: str = "amqp://guest:guest@localhost:5672/"
-    database_url: str = "postgresql://chat:chat@localhost:5432/chat"
-    redis_url: str | None = None
-    redis_slot_ttl: Annotated[int, Field(ge=300)] = 30_000
-    """ms a gateway's connection slots live in Redis without a refresh: how long the slots of a
-    gateway that died keep counting against its users."""
     ws_chat_creates_per_minute: PositiveInt = 10
     """chats one user may create per minute (``create_chat``, ``join_chat`` without ``chatId``),
     over all connections (all gateways with Redis); beyond it ``RATE_LIMITED``. Each is a row."""
     ws_history_reads_per_minute: PositiveInt = 60
     """history loads per user per minute (``switch_chat``, ``join_chat`` of an existing chat, which
     read and encode up to ``HISTORY_LIMIT`` messages); beyond it ``RATE_LIMITED``."""
-    database_pool_size: PositiveInt = 10
+    busy_retry_after: PositiveInt = 2_000
+    shutdown_spread: Annotated[int, Field(ge=0)] = 3_000
+    """ms over which a stopping gateway spreads the 1012 closes of its idle connections."""
+    host: str = "0.0.0.0"
+    """the gateway's listen address (clients connect to it)."""
+    gateway_port: Annotated[int, Field(ge=0, le=65535)] = 3000
+    redis_url: RedisDsn | None = None
+    """shared connection slots and rate limits across gateways; without it each gateway counts alone."""
+    redis_slot_ttl: Annotated[int, Field(ge=300)] = 30_000
+    """ms a gateway's connection slots live in Redis without a refresh: how long the slots of a
+    gateway that died keep counting against its users."""
+    chat_page_enabled: bool = True
+    """serve the chat page at ``/chat/`` (static files, no token inside); turn off in production if unwanted."""
+    dev_tokens_enabled: bool = False
+    """``POST /api/dev/token`` signs a token for any user id with ``JWT_SECRET``: local trials only,
+    never in production (``scripts/run.sh`` turns it on)."""
+    dev_token_ttl: Annotated[int, Field(ge=10_000)] = 3_600_000
+    """ms a development token lives."""
 
-    # --- authentication (SPEC §6) ---
-    jwt_secret: str | None = None
+    _split_origins = field_validator("ws_allowed_origins", mode="before")(_split_commas)
+
+    @model_validator(mode="after")
+    def _payload_carries_longest_message(self) -> EdgeSettings:
+        needed = max_frame_for(self.ws_max_message_length)
+        if self.ws_max_payload < needed:
+            raise ValueError(
+                f"WS_MAX_PAYLOAD={self.ws_max_payload} cannot carry a send_message of WS_MAX_MESSAGE_LENGTH="
+                f"{self.ws_max_message_length} characters: that needs {needed} bytes (4 per character in "
+                f"UTF-8 plus {FRAME_ENVELOPE_BYTES} for the frame); raise WS_MAX_PAYLOAD or lower "
+                "WS_MAX_MESSAGE_LENGTH"
+            )
+        return self
+
+    @property
+    def max_unauthenticated(self) -> int:
+        """Sockets this process holds at most before they authenticate."""
+        return max(1, int(self.ws_max_connections * self.ws_max_unauthenticated_share))
+
+    @property
+    def ws_cleanup_interval_s(self) -> float:
+        return self.ws_cleanup_interval / 1000
+
+    @property
+    def ws_inactive_timeout_s(self) -> float:
+        return self.ws_inactive_timeout / 1000
+
+    @property
+    def ws_auth_timeout_s(self) -> float:
+        return self.ws_auth_timeout / 1000
+
+    @property
+    def ws_ping_interval_s(self) -> float:
+        return self.ws_ping_interval / 1000
+
+    @property
+    def ws_send_timeout_s(self) -> float:
+        return self.ws_send_timeout / 1000
+
+    @property
+    def ws_handshake_timeout_s(self) -> float:
+        return self.ws_handshake_timeout / 1000
+
+    @property
+    def shutdown_spread_s(self) -> float:
+        return self.shutdown_spread / 1000
+
+    @property
+    def dev_token_ttl_s(self) -> float:
+        return self.dev_token_ttl / 1000
+
+
+class AuthSettings(_Section):
+    """How the gateway verifies tokens (SPEC §6)."""
+
+    jwt_secret: SecretStr | None = None
     jwt_public_key: str | None = None
     jwt_algorithms: CommaList = Field(default_factory=lambda: ["HS256"])
     jwt_audience: str | None = None
@@ -113,17 +272,34 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "production"
     """``development`` allows the published development ``JWT_SECRET`` and short secrets (run.sh, compose)."""
 
-    # --- the browser chat page and development tokens ---
-    chat_page_enabled: bool = True
-    """serve the chat page at ``/chat/`` (static files, no token inside); turn off in production if unwanted."""
-    dev_tokens_enabled: bool = False
-    """``POST /api/dev/token`` signs a token for any user id with ``JWT_SECRET``: local trials only,
-    never in production (``scripts/run.sh`` turns it on)."""
-    dev_token_ttl: Annotated[int, Field(ge=10_000)] = 3_600_000
-    """ms a development token lives."""
+    _split_algorithms = field_validator("jwt_algorithms", mode="before")(_split_commas)
 
-    # --- the LLM ---
-    openai_api_key: str | None = None
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _no_none_algorithm(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one algorithm is required")
+        if any(alg.lower() == "none" for alg in value):
+            raise ValueError("'none' is never accepted")
+        return value
+
+    @property
+    def jwt_jwks_cache_ttl_s(self) -> float:
+        return self.jwt_jwks_cache_ttl / 1000
+
+    @property
+    def jwt_jwks_refresh_interval_s(self) -> float:
+        return self.jwt_jwks_refresh_interval / 1000
+
+    @property
+    def jwt_jwks_timeout_s(self) -> float:
+        return self.jwt_jwks_timeout / 1000
+
+
+class LLMSettings(_Section):
+    """The worker's model: OpenAI (or a compatible server) or the fake, and how its stream is cut into chunks."""
+
+    openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
     openai_timeout: Annotated[float, Field(gt=0)] = 60.0
@@ -136,56 +312,32 @@ class Settings(BaseSettings):
     fake_llm_answer_tokens: PositiveInt = 80
     prompts_dir: str | None = None
     """folder with ``documents.md`` and ``messages.md`` replacing the built-in system prompts."""
-
-    # --- processes and ports ---
-    host: str = "0.0.0.0"
-    """the gateway's listen address (clients connect to it)."""
-    internal_host: str = "127.0.0.1"
-    """listen address of the internal HTTP endpoints (monitor API and dashboard, worker ``/metrics``,
-    ``/health``, ``/readyz``): no authentication there, so loopback unless a private network needs them."""
-    gateway_port: Annotated[int, Field(ge=0, le=65535)] = 3000
-    monitor_port: Annotated[int, Field(ge=0, le=65535)] = 3100
-    worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 3200
-    worker_concurrency: PositiveInt = 32
-    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-
-    # --- request path ---
-    request_timeout: PositiveInt = 120_000
-    """ms from publishing a request to its ``response_end`` before the client gets ``TIMEOUT``."""
-    request_queue_max_length: PositiveInt = 10_000
-    request_delivery_limit: PositiveInt = 3
-    publish_timeout: PositiveInt = 5_000
-    """ms a publish (with its confirm) may take before the client gets ``BUSY``."""
-    busy_retry_after: PositiveInt = 2_000
-    resume_grace: Annotated[int, Field(ge=0)] = 10_000
-    """ms a worker keeps generating for a closed connection, waiting for the client to resume."""
-    reply_prefetch: PositiveInt = 1000
-    """replies a gateway takes from its reply queue before it has read them; the rest wait in the
-    broker (bounded by the queue's message TTL), not in the gateway's memory."""
-    shutdown_grace: Annotated[int, Field(ge=0)] = 25_000
-    """ms a stopping gateway or worker lets in-flight answers run before it closes or requeues them."""
-    shutdown_spread: Annotated[int, Field(ge=0)] = 3_000
-    """ms over which a stopping gateway spreads the 1012 closes of its idle connections."""
-    history_limit: PositiveInt = 50
-    """messages returned in ``history`` and, at most, sent to the model as context."""
     history_token_budget: Annotated[int, Field(ge=100)] = 8_000
     """estimated tokens of the history sent to the model (the newest messages, kept whole; the question
     always): a bound on prompt cost and on chats outgrowing the model's context window."""
     chunk_coalesce_ms: Annotated[int, Field(ge=0)] = 50
     chunk_coalesce_chars: PositiveInt = 256
+    worker_concurrency: PositiveInt = 32
+    worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 3200
 
-    # --- telemetry ---
-    heartbeat_interval: PositiveInt = 5_000
-    instance_silence_timeout: PositiveInt = 15_000
-    """ms after the last heartbeat before the monitor considers an instance gone."""
-    log_level: str = "INFO"
-    log_format: Literal["text", "json"] = "text"
-    debug: str | None = Field(default=None, validation_alias=AliasChoices("DEBUG"))
-    otel_exporter_otlp_endpoint: str | None = None
-    jaeger_ui_url: str = "http://localhost:16686"
-    """where operators open a trace: ``{JAEGER_UI_URL}/trace/{trace id}``."""
+    @model_validator(mode="after")
+    def _pick_provider(self) -> LLMSettings:
+        if self.llm_provider is None:
+            object.__setattr__(self, "llm_provider", "openai" if self.openai_api_key else "fake")
+        return self
 
-    # --- health rules and alerts (monitor; the gateway applies the rules that concern one process) ---
+    @property
+    def provider(self) -> Literal["openai", "fake"]:
+        return self.llm_provider or "fake"
+
+    @property
+    def fake_llm_first_token_ms_s(self) -> float:
+        return self.fake_llm_first_token_ms / 1000
+
+
+class HealthSettings(_Section):
+    """Health rules and alerts (the monitor; the gateway applies the rules that concern one process)."""
+
     health_window: Annotated[int, Field(ge=5_000)] = 60_000
     """ms of the sliding window behind messagesPerMinute, averageResponseTime, errorRate and percentiles."""
     health_capacity_warning: Annotated[float, Field(gt=0, le=1)] = 0.80
@@ -209,73 +361,77 @@ class Settings(BaseSettings):
     alert_webhook_timeout: PositiveInt = 5_000
     alert_clear_delay: Annotated[int, Field(ge=0)] = 5_000
     """ms a condition must stay clear before its alert resolves (no flapping around a threshold)."""
-
-    _split = field_validator("ws_allowed_origins", "jwt_algorithms", mode="before")(_split_commas)
-
-    @field_validator("jwt_algorithms")
-    @classmethod
-    def _no_none_algorithm(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("at least one algorithm is required")
-        if any(alg.lower() == "none" for alg in value):
-            raise ValueError("'none' is never accepted")
-        return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _known_level(cls, value: str) -> str:
-        level = value.upper()
-        if level not in logging.getLevelNamesMapping():
-            raise ValueError(f"unknown log level {value!r}")
-        return level
-
-    @model_validator(mode="after")
-    def _payload_carries_longest_message(self) -> Settings:
-        needed = max_frame_for(self.ws_max_message_length)
-        if self.ws_max_payload < needed:
-            raise ValueError(
-                f"WS_MAX_PAYLOAD={self.ws_max_payload} cannot carry a send_message of WS_MAX_MESSAGE_LENGTH="
-                f"{self.ws_max_message_length} characters: that needs {needed} bytes (4 per character in "
-                f"UTF-8 plus {FRAME_ENVELOPE_BYTES} for the frame); raise WS_MAX_PAYLOAD or lower "
-                "WS_MAX_MESSAGE_LENGTH"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _pick_provider(self) -> Settings:
-        if self.llm_provider is None:
-            object.__setattr__(self, "llm_provider", "openai" if self.openai_api_key else "fake")
-        return self
+    instance_silence_timeout: PositiveInt = 15_000
+    """ms after the last heartbeat before the monitor considers an instance gone."""
+    jaeger_ui_url: str = "http://localhost:16686"
+    """where operators open a trace: ``{JAEGER_UI_URL}/trace/{trace id}``."""
+    monitor_port: Annotated[int, Field(ge=0, le=65535)] = 3100
 
     @property
-    def verbose_gateway(self) -> bool:
-        """The original's ``DEBUG=websocket:*`` switch."""
-        return bool(self.debug) and "websocket" in (self.debug or "")
+    def health_window_s(self) -> float:
+        return self.health_window / 1000
 
     @property
-    def max_unauthenticated(self) -> int:
-        """Sockets this process holds at most before they authenticate."""
-        return max(1, int(self.ws_max_connections * self.ws_max_unauthenticated_share))
+    def health_backlog_growth_window_s(self) -> float:
+        return self.health_backlog_growth_window / 1000
 
     @property
-    def provider(self) -> Literal["openai", "fake"]:
-        return self.llm_provider or "fake"
+    def alert_webhook_timeout_s(self) -> float:
+        return self.alert_webhook_timeout / 1000
+
+    @property
+    def alert_clear_delay_s(self) -> float:
+        return self.alert_clear_delay / 1000
+
+    @property
+    def instance_silence_timeout_s(self) -> float:
+        return self.instance_silence_timeout / 1000
+
+
+class GatewaySettings(
+    ProcessSettings, BrokerSettings, DatabaseSettings, RequestSettings, EdgeSettings, AuthSettings, HealthSettings
+):
+    """What a gateway reads."""
+
+
+class WorkerSettings(ProcessSettings, BrokerSettings, DatabaseSettings, RequestSettings, LLMSettings):
+    """What an LLM worker reads."""
+
+
+class MonitorSettings(ProcessSettings, BrokerSettings, HealthSettings):
+    """What the monitor reads."""
+
+
+class Settings(GatewaySettings, WorkerSettings, MonitorSettings):  # type: ignore[misc]  # the pydantic plugin on a diamond
+    """Every variable of every service: for the tools and tests that start the whole stack."""
 
 
 class ConfigurationError(SystemExit):
     """Raised at start-up for invalid configuration; its text names each offending variable."""
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read the environment; on a bad value exit with a message naming the variable."""
+S = TypeVar("S", bound=_Section)
+
+
+@overload
+def load_settings(**overrides: object) -> Settings: ...
+
+
+@overload
+def load_settings(kind: type[S], /, **overrides: object) -> S: ...
+
+
+def load_settings(kind: type[_Section] = Settings, /, **overrides: object) -> _Section:
+    """Read the environment into ``kind``; on a bad value exit with a message naming the variable."""
     try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings = kind(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
             name = str(error["loc"][0]).upper() if error["loc"] else "configuration"
             lines.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
         raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(lines)) from exc
-    if settings.llm_provider == "fake" and not settings.openai_api_key and "LLM_PROVIDER" not in os.environ:
+    fake = isinstance(settings, LLMSettings) and settings.llm_provider == "fake" and not settings.openai_api_key
+    if fake and "LLM_PROVIDER" not in os.environ:
         logger.warning("OPENAI_API_KEY is not set: using the built-in fake LLM (LLM_PROVIDER=fake)")
     return settings

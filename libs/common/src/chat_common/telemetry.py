@@ -16,13 +16,13 @@ from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resou
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from chat_common.settings import Settings
+from chat_common.settings import ProcessSettings
 
 logger = logging.getLogger(__name__)
 
 
 def setup_tracing(
-    settings: Settings,
+    settings: ProcessSettings,
     *,
     service: str,
     processor: SpanProcessor | None = None,

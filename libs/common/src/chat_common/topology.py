@@ -12,7 +12,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 from chat_common.frames import CHAT_TYPES
-from chat_common.settings import Settings
+from chat_common.settings import BrokerSettings
 
 REQUESTS_EXCHANGE = "chat.requests"
 REPLIES_EXCHANGE = "chat.replies"
@@ -38,7 +38,7 @@ def reply_queue_name(instance_id: str) -> str:
     return f"chat.replies.{instance_id}"
 
 
-def request_queue_arguments(settings: Settings) -> dict[str, Any]:
+def request_queue_arguments(settings: BrokerSettings) -> dict[str, Any]:
     return {
         "x-queue-type": "quorum",
         "x-delivery-limit": settings.request_delivery_limit,
@@ -48,7 +48,7 @@ def request_queue_arguments(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def declare_requests(channel: AbstractChannel, settings: Settings) -> AbstractExchange:
+async def declare_requests(channel: AbstractChannel, settings: BrokerSettings) -> AbstractExchange:
     """The request exchange, one quorum queue per chat type, and the dead-letter queue."""
     exchange = await channel.declare_exchange(REQUESTS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
     dead = await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
@@ -72,7 +72,7 @@ async def dead_notice_queue(channel: AbstractChannel) -> AbstractQueue:
     return await channel.declare_queue(DEAD_NOTICE_QUEUE, durable=True, arguments=dead_notice_arguments())
 
 
-async def request_queues(channel: AbstractChannel, settings: Settings) -> list[AbstractQueue]:
+async def request_queues(channel: AbstractChannel, settings: BrokerSettings) -> list[AbstractQueue]:
     await declare_requests(channel, settings)
     return [
         await channel.declare_queue(

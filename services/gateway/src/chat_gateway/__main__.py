@@ -9,7 +9,7 @@ import uvicorn
 from chat_common.logs import setup_logging
 from chat_common.process import raise_nofile_limit
 from chat_common.samples import RequestSampler
-from chat_common.settings import load_settings
+from chat_common.settings import GatewaySettings, load_settings
 from chat_common.telemetry import setup_tracing
 from chat_gateway.app import create_app
 from chat_gateway.drain import GatewayServer
@@ -20,7 +20,7 @@ logger = logging.getLogger("chat_gateway")
 
 
 def main() -> None:
-    settings = load_settings()
+    settings = load_settings(GatewaySettings)
     setup_logging(settings, service="gateway")
     sampler = RequestSampler()
     setup_tracing(settings, service="chat-gateway", observers=[sampler])
@@ -41,23 +41,23 @@ def main() -> None:
         host=settings.host,
         port=settings.gateway_port,
         loop="uvloop",
-        http=GatewayHttpProtocol.configured(header_timeout_s=settings.ws_handshake_timeout / 1000),
+        http=GatewayHttpProtocol.configured(header_timeout_s=settings.ws_handshake_timeout_s),
         ws=GatewayWebSocketProtocol.configured(
             max_buffered_bytes=settings.ws_max_buffered_bytes,
-            send_timeout_s=settings.ws_send_timeout / 1000,
+            send_timeout_s=settings.ws_send_timeout_s,
             max_pings_per_second=settings.ws_max_frames_per_second,
         ),
         ws_max_size=settings.ws_max_payload,
         ws_per_message_deflate=False,
-        ws_ping_interval=settings.ws_ping_interval / 1000,
-        ws_ping_timeout=settings.ws_ping_interval / 1000,
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_interval_s,
         backlog=4096,
         timeout_graceful_shutdown=10,
         log_config=None,
         access_log=False,
         lifespan="on",
     )
-    server = GatewayServer(config, grace_s=settings.shutdown_grace / 1000, spread_s=settings.shutdown_spread / 1000)
+    server = GatewayServer(config, grace_s=settings.shutdown_grace_s, spread_s=settings.shutdown_spread_s)
     server.run()
 
 

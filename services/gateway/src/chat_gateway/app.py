@@ -20,7 +20,7 @@ from chat_common.health import HealthReport, HealthThresholds
 from chat_common.heartbeat import build_heartbeat
 from chat_common.http_policy import RequestLimits, SecurityHeaders
 from chat_common.samples import RequestSampler
-from chat_common.settings import Settings
+from chat_common.settings import GatewaySettings
 from chat_common.store import ChatStore, create_pool
 from chat_gateway.admission import AdmissionStore, LocalAdmission
 from chat_gateway.auth import TokenVerifier
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
-async def make_admission(settings: Settings) -> AdmissionStore:
+async def make_admission(settings: GatewaySettings) -> AdmissionStore:
     if settings.redis_url:
         from chat_gateway.redis_admission import RedisAdmission
 
@@ -42,7 +42,7 @@ async def make_admission(settings: Settings) -> AdmissionStore:
     return LocalAdmission()
 
 
-def create_app(settings: Settings, *, sampler: RequestSampler | None = None) -> FastAPI:
+def create_app(settings: GatewaySettings, *, sampler: RequestSampler | None = None) -> FastAPI:
     """The gateway app; ``sampler`` is the span processor that collects slow and failed requests
     for the heartbeat (installed with the tracer provider by ``__main__``)."""
     verifier = TokenVerifier(settings)  # fails fast on a missing key
@@ -64,13 +64,13 @@ def create_app(settings: Settings, *, sampler: RequestSampler | None = None) -> 
     return app
 
 
-def _lifespan(settings: Settings, verifier: TokenVerifier, samples: RequestSampler) -> Lifespan:
+def _lifespan(settings: GatewaySettings, verifier: TokenVerifier, samples: RequestSampler) -> Lifespan:
     """Open the clients, wire the components, run the sweep and the heartbeats; on the way out, the
     farewell heartbeat, then the clients closed in the reverse order."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await create_pool(settings.database_url, max_size=settings.database_pool_size)
+        pool = await create_pool(str(settings.database_url), max_size=settings.database_pool_size)
         broker = GatewayBroker(settings)
         admission = await make_admission(settings)
         state = build(settings, verifier, ChatStore(pool), broker, admission)
@@ -84,7 +84,7 @@ def _lifespan(settings: Settings, verifier: TokenVerifier, samples: RequestSampl
                         publish_heartbeats(
                             _telemetry(broker),
                             lambda: heartbeat(state, samples),
-                            interval_s=settings.heartbeat_interval / 1000,
+                            interval_s=settings.heartbeat_interval_s,
                         )
                     ),
                 ]

@@ -25,7 +25,7 @@ import jwt
 from jwt.algorithms import get_default_algorithms
 
 from chat_common.errors import ErrorCode
-from chat_common.settings import Settings
+from chat_common.settings import AuthSettings
 from chat_gateway.jwks import JwksKeys
 from chat_gateway.refusals import Refusal
 
@@ -62,9 +62,9 @@ def allowed_algorithms(names: list[str]) -> list[str]:
     return list(names)
 
 
-def check_secret(settings: Settings) -> str:
+def check_secret(settings: AuthSettings) -> str:
     """``JWT_SECRET``, refused outside development when it is a published or a short one."""
-    secret = settings.jwt_secret
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else ""
     if not secret:
         raise ValueError("JWT_SECRET must be set to verify HS* tokens (JWT_ALGORITHMS)")
     if settings.environment != "development":
@@ -81,7 +81,7 @@ def check_secret(settings: Settings) -> str:
     return secret
 
 
-def _public_keys(settings: Settings, algorithms: list[str]) -> dict[str, Any]:
+def _public_keys(settings: AuthSettings, algorithms: list[str]) -> dict[str, Any]:
     """``JWT_PUBLIC_KEY`` parsed once for each allowed asymmetric algorithm; ``ValueError`` if it does not fit one."""
     if not settings.jwt_public_key:
         raise ValueError(
@@ -99,7 +99,7 @@ def _public_keys(settings: Settings, algorithms: list[str]) -> dict[str, Any]:
 
 
 class TokenVerifier:
-    def __init__(self, settings: Settings, *, cache_size: int = 20_000) -> None:
+    def __init__(self, settings: AuthSettings, *, cache_size: int = 20_000) -> None:
         self._algorithms = allowed_algorithms(list(settings.jwt_algorithms))
         hmac = [alg for alg in self._algorithms if alg.startswith("HS")]
         asymmetric = [alg for alg in self._algorithms if not alg.startswith("HS")]
@@ -112,9 +112,9 @@ class TokenVerifier:
             if settings.jwt_jwks_url:
                 self._jwks = JwksKeys(
                     settings.jwt_jwks_url,
-                    cache_ttl_s=settings.jwt_jwks_cache_ttl / 1000,
-                    refresh_interval_s=settings.jwt_jwks_refresh_interval / 1000,
-                    timeout_s=settings.jwt_jwks_timeout / 1000,
+                    cache_ttl_s=settings.jwt_jwks_cache_ttl_s,
+                    refresh_interval_s=settings.jwt_jwks_refresh_interval_s,
+                    timeout_s=settings.jwt_jwks_timeout_s,
                 )
             else:
                 self._public = _public_keys(settings, asymmetric)

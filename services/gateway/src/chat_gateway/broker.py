@@ -24,7 +24,7 @@ from chat_common import topology
 from chat_common.broker import PUBLISHED_HEADER, connect, now_ms
 from chat_common.envelopes import ChatRequest, ControlMessage
 from chat_common.errors import ChatError, ErrorCode
-from chat_common.settings import Settings
+from chat_common.settings import GatewaySettings
 from chat_common.telemetry import inject_headers
 from chat_gateway.tracing import start_publish_span
 
@@ -72,7 +72,7 @@ class BatchAcker:
 
 
 class GatewayBroker:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
@@ -85,7 +85,7 @@ class GatewayBroker:
         return self.connection is not None and not self.connection.is_closed and self.connection.connected.is_set()
 
     async def start(self, on_reply: Callable[[AbstractIncomingMessage], Awaitable[None]]) -> None:
-        self.connection = await connect(self.settings.amqp_url, name=f"gateway {self.settings.instance_id}")
+        self.connection = await connect(str(self.settings.amqp_url), name=f"gateway {self.settings.instance_id}")
         self._publish_channel = await self.connection.channel(publisher_confirms=True)
         self._requests = await topology.declare_requests(self._publish_channel, self.settings)
         self._control = await topology.declare_control(self._publish_channel)
@@ -113,7 +113,7 @@ class GatewayBroker:
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 message_id=request.request_id,
-                expiration=self.settings.request_timeout / 1000,
+                expiration=self.settings.request_timeout_s,
                 headers={**inject_headers({}), PUBLISHED_HEADER: now_ms()},
             )
             await self._publish_confirmed(message, request.chat_type)
@@ -121,7 +121,7 @@ class GatewayBroker:
     async def _publish_confirmed(self, message: aio_pika.Message, routing_key: str) -> None:
         assert self._requests is not None
         try:
-            async with asyncio.timeout(self.settings.publish_timeout / 1000):
+            async with asyncio.timeout(self.settings.publish_timeout_s):
                 confirmation = await self._requests.publish(message, routing_key=routing_key, mandatory=True)
         except TimeoutError as exc:
             raise self._busy("publish timed out") from exc
@@ -144,7 +144,7 @@ class GatewayBroker:
         if self._control is None or not self.connected:
             return
         try:
-            async with asyncio.timeout(self.settings.publish_timeout / 1000):
+            async with asyncio.timeout(self.settings.publish_timeout_s):
                 await self._control.publish(
                     aio_pika.Message(
                         control.model_dump_json().encode(), delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT

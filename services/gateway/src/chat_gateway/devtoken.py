@@ -11,10 +11,10 @@ import time
 
 import jwt
 
-from chat_common.settings import Settings, load_settings
+from chat_common.settings import AuthSettings, load_settings
 
 
-def issue_dev_token(settings: Settings, user_id: str, *, ttl_s: float) -> tuple[str, float]:
+def issue_dev_token(settings: AuthSettings, user_id: str, *, ttl_s: float) -> tuple[str, float]:
     """A token for ``user_id`` valid ``ttl_s`` seconds, and its expiry (epoch seconds)."""
     if not settings.jwt_secret:
         raise ValueError("JWT_SECRET is not set")
@@ -24,7 +24,7 @@ def issue_dev_token(settings: Settings, user_id: str, *, ttl_s: float) -> tuple[
         claims["aud"] = settings.jwt_audience
     if settings.jwt_issuer:
         claims["iss"] = settings.jwt_issuer
-    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256"), float(expires_at)
+    return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256"), float(expires_at)
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("user", nargs="?", default="demo-user")
     parser.add_argument("--hours", type=float, default=24.0)
     args = parser.parse_args()
-    settings = load_settings()
+    settings = load_settings(AuthSettings)
     try:
         token, _ = issue_dev_token(settings, args.user, ttl_s=args.hours * 3600)
     except ValueError as exc:

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.staticfiles import StaticFiles
 
-from chat_common.settings import Settings
+from chat_common.settings import GatewaySettings
 from chat_gateway.devtoken import issue_dev_token
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class DevTokenRequest(BaseModel):
     userId: str = Field(min_length=1, max_length=64)
 
 
-def mount_chat_page(app: FastAPI, settings: Settings) -> None:
+def mount_chat_page(app: FastAPI, settings: GatewaySettings) -> None:
     if settings.chat_page_enabled:
         app.mount("/chat", StaticFiles(directory=STATIC_DIR, html=True), name="chat-page")
 
@@ -45,7 +45,7 @@ def mount_chat_page(app: FastAPI, settings: Settings) -> None:
         logger.warning("DEV_TOKENS_ENABLED ignored: development tokens need JWT_SECRET and an HS* algorithm")
         return
     logger.warning("development tokens enabled (POST /api/dev/token): never do this in production")
-    ttl_s = settings.dev_token_ttl / 1000
+    ttl_s = settings.dev_token_ttl_s
 
     @app.post("/api/dev/token", include_in_schema=False)
     async def dev_token(request: DevTokenRequest) -> JSONResponse:

@@ -28,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff
 from redis.exceptions import RedisError
 
-from chat_common.settings import Settings
+from chat_common.settings import GatewaySettings
 from chat_gateway.admission import LocalAdmission
 
 logger = logging.getLogger(__name__)
@@ -173,11 +173,11 @@ class RedisAdmission:
         self._keeper: asyncio.Task[None] | None = None
 
     @classmethod
-    async def connect(cls, settings: Settings) -> RedisAdmission:
+    async def connect(cls, settings: GatewaySettings) -> RedisAdmission:
         # A join or a message waits for these calls: fail fast (one quick retry for a blip), and let
         # the local limits and the back-off of RETRY_AFTER_FAILURE_S carry an outage.
         client = redis.Redis.from_url(
-            settings.redis_url or "",
+            str(settings.redis_url or ""),
             socket_timeout=1,
             socket_connect_timeout=1,
             retry=Retry(ConstantBackoff(0.05), 1),

@@ -10,7 +10,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from chat_common.settings import Settings
+from chat_common.settings import GatewaySettings
 from chat_common.store import ChatStore
 from chat_gateway.admission import AdmissionStore
 from chat_gateway.auth import TokenVerifier
@@ -32,7 +32,7 @@ from chat_gateway.tokens import TokenKeeper
 class GatewayState:
     """What the HTTP API, the sweep and the drain read; the components that serve connections."""
 
-    settings: Settings
+    settings: GatewaySettings
     broker: GatewayBroker
     admission: AdmissionStore
     registry: ConnectionRegistry
@@ -47,10 +47,14 @@ class GatewayState:
 
 
 def build(
-    settings: Settings, verifier: TokenVerifier, store: ChatStore, broker: GatewayBroker, admission: AdmissionStore
+    settings: GatewaySettings,
+    verifier: TokenVerifier,
+    store: ChatStore,
+    broker: GatewayBroker,
+    admission: AdmissionStore,
 ) -> GatewayState:
     registry, metrics = ConnectionRegistry(), GatewayMetrics(window_s=settings.health_window // 1000)
-    inflight = InFlight(metrics, broker.publish_control, request_timeout_s=settings.request_timeout / 1000)
+    inflight = InFlight(metrics, broker.publish_control, request_timeout_s=settings.request_timeout_s)
     tokens = TokenKeeper(
         verifier,
         admission,
@@ -72,9 +76,9 @@ def build(
         broker=broker,
         metrics=metrics,
         output=OutputLimits(
-            max_buffered_bytes=settings.ws_max_buffered_bytes, send_timeout_s=settings.ws_send_timeout / 1000
+            max_buffered_bytes=settings.ws_max_buffered_bytes, send_timeout_s=settings.ws_send_timeout_s
         ),
-        auth_timeout_s=settings.ws_auth_timeout / 1000,
+        auth_timeout_s=settings.ws_auth_timeout_s,
         max_frames_per_second=settings.ws_max_frames_per_second,
     )
     return GatewayState(
@@ -90,7 +94,7 @@ def build(
     )
 
 
-def _message_limits(settings: Settings) -> MessageLimits:
+def _message_limits(settings: GatewaySettings) -> MessageLimits:
     return MessageLimits(
         max_length=settings.ws_max_message_length,
         per_window=settings.ws_rate_limit_max_messages,
@@ -101,7 +105,7 @@ def _message_limits(settings: Settings) -> MessageLimits:
     )
 
 
-def _chat_limits(settings: Settings) -> ChatLimits:
+def _chat_limits(settings: GatewaySettings) -> ChatLimits:
     return ChatLimits(
         creates_per_minute=settings.ws_chat_creates_per_minute,
         history_reads_per_minute=settings.ws_history_reads_per_minute,
@@ -109,7 +113,7 @@ def _chat_limits(settings: Settings) -> ChatLimits:
     )
 
 
-def _door_limits(settings: Settings) -> DoorLimits:
+def _door_limits(settings: GatewaySettings) -> DoorLimits:
     return DoorLimits(
         max_connections=settings.ws_max_connections,
         max_unauthenticated=settings.max_unauthenticated,

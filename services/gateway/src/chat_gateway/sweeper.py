@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def sweep_once(state: GatewayState) -> int:
     """Start closing every connection without client activity for ``WS_INACTIVE_TIMEOUT``; return how many."""
-    idle_before = time.monotonic() - state.settings.ws_inactive_timeout / 1000
+    idle_before = time.monotonic() - state.settings.ws_inactive_timeout_s
     idle = [c for c in state.registry if not c.closed and c.last_activity < idle_before]
     for connection in idle:
         logger.info("connection %s closed: inactive (user=%s)", connection.id, connection.user_id or "-")
@@ -43,7 +43,7 @@ def close_in_background(state: GatewayState, connection: Connection, code: int, 
 
 
 async def sweep_forever(state: GatewayState) -> None:
-    interval = state.settings.ws_cleanup_interval / 1000
+    interval = state.settings.ws_cleanup_interval_s
     loop = asyncio.get_running_loop()
     due = loop.time() + interval
     while True:

@@ -9,7 +9,7 @@ import signal
 from chat_common.logs import setup_logging
 from chat_common.process import run
 from chat_common.samples import RequestSampler
-from chat_common.settings import Settings, load_settings
+from chat_common.settings import WorkerSettings, load_settings
 from chat_common.store import ChatStore, create_pool
 from chat_common.telemetry import setup_tracing
 from llm_worker.answer import Answerer
@@ -23,13 +23,13 @@ from llm_worker.service import Worker
 logger = logging.getLogger("llm_worker")
 
 
-async def amain(settings: Settings, *, sampler: RequestSampler | None = None) -> None:
+async def amain(settings: WorkerSettings, *, sampler: RequestSampler | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     provider = make_provider(settings)
-    pool = await create_pool(settings.database_url, max_size=settings.database_pool_size)
+    pool = await create_pool(str(settings.database_url), max_size=settings.database_pool_size)
     metrics = WorkerMetrics()
     answerer = Answerer(
         settings, ChatStore(pool), provider, {str(k): v for k, v in load_prompts(settings).items()}, metrics
@@ -56,7 +56,7 @@ async def amain(settings: Settings, *, sampler: RequestSampler | None = None) ->
         await worker.start()
         async with asyncio.TaskGroup() as tasks:
             beats = tasks.create_task(worker.heartbeats())
-            reaper = tasks.create_task(reap_forever(answerer.store, request_timeout_s=settings.request_timeout / 1000))
+            reaper = tasks.create_task(reap_forever(answerer.store, request_timeout_s=settings.request_timeout_s))
             writer = tasks.create_task(answerer.answers.run())
             logger.info("worker %s ready (provider %s)", settings.instance_id, settings.provider)
             await stop.wait()
@@ -64,7 +64,7 @@ async def amain(settings: Settings, *, sampler: RequestSampler | None = None) ->
             beats.cancel()
             reaper.cancel()
             await worker.farewell()
-            await worker.stop(grace_s=settings.shutdown_grace / 1000)
+            await worker.stop(grace_s=settings.shutdown_grace_s)
             writer.cancel()  # after the answers it stores have finished
     finally:
         server.close()
@@ -73,7 +73,7 @@ async def amain(settings: Settings, *, sampler: RequestSampler | None = None) ->
 
 
 def main() -> None:
-    settings = load_settings()
+    settings = load_settings(WorkerSettings)
     setup_logging(settings, service="llm-worker")
     sampler = RequestSampler()
     setup_tracing(settings, service="llm-worker", observers=[sampler])

@@ -21,7 +21,7 @@ from chat_common.broker import now_ms
 from chat_common.envelopes import ChatRequest
 from chat_common.errors import ErrorCode
 from chat_common.group_commit import GroupCommit
-from chat_common.settings import Settings
+from chat_common.settings import WorkerSettings
 from chat_common.store import DATA_ERRORS, UNAVAILABLE_ERRORS, AnswerRow, ChatStore
 from llm_worker.budget import trim_to_budget
 from llm_worker.clean import DeltaCleaner
@@ -81,7 +81,7 @@ async def with_store_retry(request: ChatRequest, operation: Callable[[], Awaitab
 class Answerer:
     def __init__(
         self,
-        settings: Settings,
+        settings: WorkerSettings,
         store: ChatStore,
         provider: LLMProvider,
         prompts: dict[str, str],

@@ -10,10 +10,10 @@ from importlib import resources
 from pathlib import Path
 
 from chat_common.frames import CHAT_TYPES, ChatType
-from chat_common.settings import Settings
+from chat_common.settings import LLMSettings
 
 
-def load_prompts(settings: Settings) -> dict[ChatType, str]:
+def load_prompts(settings: LLMSettings) -> dict[ChatType, str]:
     prompts: dict[ChatType, str] = {}
     override = Path(settings.prompts_dir) if settings.prompts_dir else None
     for chat_type in CHAT_TYPES:

@@ -16,7 +16,7 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry import trace
 
-from chat_common.settings import Settings
+from chat_common.settings import LLMSettings
 from llm_worker.tracing import end_llm_span, start_llm_span, traced_http_client
 
 
@@ -56,10 +56,10 @@ class LLMProvider(Protocol):
 class OpenAIProvider:
     """Streams from ``/chat/completions`` with the SDK's retries (before the first chunk) and timeout."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: LLMSettings) -> None:
         self.model = settings.openai_model
         self.client = openai.AsyncOpenAI(
-            api_key=settings.openai_api_key or "not-needed",
+            api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed",
             base_url=settings.openai_base_url,
             timeout=settings.openai_timeout,
             max_retries=settings.openai_max_retries,
@@ -120,8 +120,8 @@ class FakeProvider:
     (0: no delay), ``FAKE_LLM_ANSWER_TOKENS`` tokens in all (at most ``max_tokens``).
     """
 
-    def __init__(self, settings: Settings) -> None:
-        self.first_token_s = settings.fake_llm_first_token_ms / 1000
+    def __init__(self, settings: LLMSettings) -> None:
+        self.first_token_s = settings.fake_llm_first_token_ms_s
         self.tokens_per_second = settings.fake_llm_tokens_per_second
         self.answer_tokens = settings.fake_llm_answer_tokens
 
@@ -208,7 +208,7 @@ async def _close(events: AsyncIterator[StreamEvent]) -> None:
         await aclose()
 
 
-def make_provider(settings: Settings) -> LLMProvider:
+def make_provider(settings: LLMSettings) -> LLMProvider:
     if settings.provider == "openai":
         return TracedProvider(OpenAIProvider(settings), system="openai", model=settings.openai_model)
     return TracedProvider(FakeProvider(settings), system="fake", model="fake")

@@ -23,7 +23,7 @@ from chat_common.broker import connect, publish_farewell, publish_heartbeats
 from chat_common.envelopes import Heartbeat
 from chat_common.heartbeat import build_heartbeat
 from chat_common.samples import RequestSampler
-from chat_common.settings import Settings
+from chat_common.settings import WorkerSettings
 from llm_worker.active import ActiveAnswers
 from llm_worker.answer import Answerer
 from llm_worker.consumer import RequestConsumer
@@ -36,7 +36,12 @@ logger = logging.getLogger(__name__)
 
 class Worker:
     def __init__(
-        self, settings: Settings, answerer: Answerer, metrics: WorkerMetrics, *, sampler: RequestSampler | None = None
+        self,
+        settings: WorkerSettings,
+        answerer: Answerer,
+        metrics: WorkerMetrics,
+        *,
+        sampler: RequestSampler | None = None,
     ) -> None:
         self.settings = settings
         self.sampler = sampler or RequestSampler()
@@ -47,8 +52,8 @@ class Worker:
         self._telemetry: AbstractExchange | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
         self.active = ActiveAnswers(metrics)
-        self.resumes = ResumeBook(keep_s=settings.request_timeout / 1000)
-        self.controls = Controls(self.active, self.resumes, resume_grace_s=settings.resume_grace / 1000)
+        self.resumes = ResumeBook(keep_s=settings.request_timeout_s)
+        self.controls = Controls(self.active, self.resumes, resume_grace_s=settings.resume_grace_s)
         self.requests = RequestConsumer(
             answerer,
             self.active,
@@ -56,7 +61,7 @@ class Worker:
             metrics,
             replies=self._reply_exchange,
             connected=lambda: self.connected,
-            publish_timeout_s=settings.publish_timeout / 1000,
+            publish_timeout_s=settings.publish_timeout_s,
         )
         self.dead_letters = DeadLetters(answerer.store, self._reply_exchange, metrics)
         self.stopping = False
@@ -76,7 +81,7 @@ class Worker:
 
     async def start(self) -> None:
         settings = self.settings
-        self.connection = await connect(settings.amqp_url, name=f"llm-worker {settings.instance_id}")
+        self.connection = await connect(str(settings.amqp_url), name=f"llm-worker {settings.instance_id}")
         consume_channel = await self.connection.channel()
         await consume_channel.set_qos(prefetch_count=settings.worker_concurrency)
         reply_channel = await self.connection.channel(publisher_confirms=False)
@@ -99,7 +104,7 @@ class Worker:
         assert self.connection is not None
         channel = await self.connection.channel(publisher_confirms=False)
         self._telemetry = await topology.declare_telemetry(channel)
-        await publish_heartbeats(self._telemetry, self.heartbeat, interval_s=self.settings.heartbeat_interval / 1000)
+        await publish_heartbeats(self._telemetry, self.heartbeat, interval_s=self.settings.heartbeat_interval_s)
 
     async def farewell(self) -> None:
         """Tell the monitor this worker is leaving in order (so that it does not alert about the silence)."""

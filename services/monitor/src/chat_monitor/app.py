@@ -28,7 +28,7 @@ from chat_common.broker import connect
 from chat_common.envelopes import Heartbeat
 from chat_common.health import HealthReport, HealthThresholds
 from chat_common.http_policy import RequestLimits, SecurityHeaders
-from chat_common.settings import Settings
+from chat_common.settings import MonitorSettings
 from chat_monitor.alerts import AlertManager, WebhookNotifier
 from chat_monitor.cluster import ClusterView
 from chat_monitor.metrics import MonitorMetrics
@@ -44,7 +44,7 @@ EVALUATION_INTERVAL_S = 1.0
 
 @dataclass(slots=True)
 class MonitorState:
-    settings: Settings
+    settings: MonitorSettings
     cluster: ClusterView
     thresholds: HealthThresholds
     alerts: AlertManager
@@ -92,21 +92,21 @@ class MonitorState:
         self.metrics.update(document, self.alerts)
 
 
-def make_state(settings: Settings) -> tuple[MonitorState, WebhookNotifier | None]:
+def make_state(settings: MonitorSettings) -> tuple[MonitorState, WebhookNotifier | None]:
     webhook = (
         WebhookNotifier(
             settings.alert_webhook_url,
             retries=settings.alert_webhook_retries,
-            timeout_s=settings.alert_webhook_timeout / 1000,
+            timeout_s=settings.alert_webhook_timeout_s,
         )
         if settings.alert_webhook_url
         else None
     )
     state = MonitorState(
         settings=settings,
-        cluster=ClusterView(silence_s=settings.instance_silence_timeout / 1000, window_s=settings.health_window / 1000),
+        cluster=ClusterView(silence_s=settings.instance_silence_timeout_s, window_s=settings.health_window_s),
         thresholds=HealthThresholds.from_settings(settings),
-        alerts=AlertManager(clear_delay_s=settings.alert_clear_delay / 1000, notify=webhook),
+        alerts=AlertManager(clear_delay_s=settings.alert_clear_delay_s, notify=webhook),
         traces=TraceBook(jaeger_ui_url=settings.jaeger_ui_url),
     )
     return state, webhook
@@ -130,7 +130,7 @@ async def evaluate_forever(state: MonitorState, probe: QueueProbe) -> None:
 async def running(state: MonitorState, webhook: WebhookNotifier | None) -> AsyncIterator[None]:
     """The monitor's life: the heartbeat consumer, the evaluation loop and the webhook sender."""
     settings = state.settings
-    connection = await connect(settings.amqp_url, name=f"monitor {settings.instance_id}")
+    connection = await connect(str(settings.amqp_url), name=f"monitor {settings.instance_id}")
     probe = QueueProbe(connection)
     try:
         channel = await connection.channel()
@@ -208,7 +208,7 @@ def routes(state: MonitorState) -> APIRouter:
     return router
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: MonitorSettings) -> FastAPI:
     state, webhook = make_state(settings)
 
     @contextlib.asynccontextmanager
