@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from tests.support.wait import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -44,17 +44,20 @@ class ServiceProcess:
         return self
 
     async def wait_ready(self, *, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
+        """Wait until ``ready_url`` answers (200 or 503: up, ready or not); ``RuntimeError`` with the
+        log's tail when the process exits first or ``timeout`` passes."""
         async with httpx.AsyncClient(timeout=2) as client:
-            while time.monotonic() < deadline:
+
+            async def answers() -> bool:
                 if self.process is not None and self.process.poll() is not None:
                     raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-                with contextlib.suppress(httpx.HTTPError):
-                    response = await client.get(self.ready_url or "")
-                    if response.status_code in (200, 503):
-                        return
-                await asyncio.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
+                response = await client.get(self.ready_url or "")
+                return response.status_code in (200, 503)
+
+            try:
+                await eventually(answers, timeout=timeout, retry_on=(httpx.HTTPError,), what=f"{self.name} ready")
+            except AssertionError as exc:
+                raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}") from exc
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -72,10 +75,14 @@ class ServiceProcess:
             os.kill(self.process.pid, sig)
 
     async def wait_exit(self, timeout: float = 30.0) -> int | None:
-        deadline = time.monotonic() + timeout
-        while self.process is not None and self.process.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return self.process.poll() if self.process is not None else None
+        """The exit code once the process has exited, or None if it still runs after ``timeout``."""
+        process = self.process
+        if process is None:
+            return None
+        # polled, not Popen.wait in a thread: a cancelled wait would leave the thread blocking shutdown
+        with contextlib.suppress(AssertionError):
+            await eventually(lambda: process.poll() is not None, timeout=timeout, interval=0.05)
+        return process.poll()
 
     async def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
