@@ -156,6 +156,26 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+class RssPeak:
+    """The peak resident memory of process ``pid`` since it was made (or ``restart``), sampled every
+    ``every`` seconds while ``run`` runs (cancel it to stop)."""
+
+    def __init__(self, pid: int, *, every: float) -> None:
+        self.pid = pid
+        self.every = every
+        self.baseline = self.peak = rss_bytes(pid)
+
+    def restart(self) -> int:
+        """Take a new baseline, which is also the peak so far; return it."""
+        self.baseline = self.peak = rss_bytes(self.pid)
+        return self.baseline
+
+    async def run(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_bytes(self.pid))
+            await asyncio.sleep(self.every)  # a sampler's period: it measures, nothing waits on it
+
+
 async def released_within(pid: int, server_port: int, peers: list[RawPeer], timeout: float) -> dict[int, float]:
     """Wait (at most ``timeout`` s) until the gateway holds none of ``peers``; return, for each peer
     released, the seconds from its ``opened`` to the first check that found it gone."""
