@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -49,6 +50,21 @@ async def joined(url: str, token: str, chat_type: str = "messages") -> tuple[Cha
     frame = await client.join(token, chat_type)
     assert frame["type"] == "chat_joined", frame
     return client, str(frame["data"]["chatId"])
+
+
+async def frames_until(
+    client: ChatClient, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 20
+) -> list[dict[str, Any]]:
+    """Read frames until ``done(frames so far)``; each frame must come within ``timeout`` seconds."""
+    frames: list[dict[str, Any]] = []
+    while not done(frames):
+        frames.append(await client.recv(timeout))
+    return frames
+
+
+def ended(frames: list[dict[str, Any]]) -> bool:
+    """The last frame ends an answer: ``response_end`` or ``error``."""
+    return bool(frames) and frames[-1]["type"] in ("response_end", "error")
 
 
 async def ledger(db: asyncpg.Connection, chat_ids: list[str]) -> list[asyncpg.Record]:

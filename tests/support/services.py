@@ -24,6 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from chat_common.store import ChatStore, create_pool
+
 
 def _reachable(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
@@ -147,6 +149,17 @@ async def close_broker_connections(vhost: str, reason: str) -> subprocess.Comple
         timeout=60,
         check=False,
     )
+
+
+@asynccontextmanager
+async def chat_store(database_url: str) -> AsyncIterator[ChatStore]:
+    """A ``ChatStore`` on a pool of its own (2 connections) for a test that drives the store directly;
+    the pool is closed on the way out."""
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        yield ChatStore(pool)
+    finally:
+        await pool.close()
 
 
 async def make_database(base_url: str) -> tuple[str, str]:
