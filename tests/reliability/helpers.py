@@ -9,7 +9,8 @@ import aio_pika
 import asyncpg
 import httpx
 
-from tests.support.client import ChatClient
+from tests.support.client import ChatClient, make_token
+from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess
 
 
@@ -50,6 +51,14 @@ async def joined(url: str, token: str, chat_type: str = "messages") -> tuple[Cha
     frame = await client.join(token, chat_type)
     assert frame["type"] == "chat_joined", frame
     return client, str(frame["data"]["chatId"])
+
+
+async def gateway_with_client(cluster: Cluster, user: str, **env: str | int) -> tuple[ServiceProcess, ChatClient, str]:
+    """A new gateway in ``cluster`` (``env`` its settings) and a client of ``user`` joined to a new chat
+    on it: the gateway, the client, the chat's id."""
+    gateway = await cluster.gateway(**env)
+    client, chat_id = await joined(gateway.extra["ws_url"], make_token(user))
+    return gateway, client, chat_id
 
 
 async def frames_until(

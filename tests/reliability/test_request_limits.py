@@ -8,7 +8,15 @@ import time
 
 import asyncpg
 
-from tests.reliability.helpers import assert_ledger, joined, ledger, queue_depth, stream_ended, stream_of
+from tests.reliability.helpers import (
+    assert_ledger,
+    gateway_with_client,
+    joined,
+    ledger,
+    queue_depth,
+    stream_ended,
+    stream_of,
+)
 from tests.support.client import make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess
@@ -18,8 +26,7 @@ from tests.support.wait import eventually
 async def test_full_request_queue_is_busy_with_retry_after_and_drains_when_a_worker_comes(
     own_queues: Cluster, db: asyncpg.Connection
 ) -> None:
-    gateway = await own_queues.gateway(REQUEST_QUEUE_MAX_LENGTH=2)
-    client, chat_id = await joined(gateway.extra["ws_url"], make_token("rel-backpressure"))
+    _, client, chat_id = await gateway_with_client(own_queues, "rel-backpressure", REQUEST_QUEUE_MAX_LENGTH=2)
     async with client:
         # a quorum queue applies its bound a little late (it rejects once over the length), so
         # send until refused: within a message or two of the bound, and nothing unbounded

@@ -7,7 +7,15 @@ import signal
 
 import asyncpg
 
-from tests.reliability.helpers import assert_ledger, ended, frames_until, in_flight, joined, queue_depth
+from tests.reliability.helpers import (
+    assert_ledger,
+    ended,
+    frames_until,
+    gateway_with_client,
+    in_flight,
+    joined,
+    queue_depth,
+)
 from tests.support.client import make_token
 from tests.support.cluster import Cluster
 
@@ -51,8 +59,7 @@ async def test_request_that_keeps_killing_workers_is_dead_lettered_and_client_to
     own_queues: Cluster, db: asyncpg.Connection
 ) -> None:
     """Delivery limit 1: the first delivery and one redelivery, then the dead-letter queue."""
-    gateway = await own_queues.gateway(REQUEST_DELIVERY_LIMIT=1)
-    client, chat_id = await joined(gateway.extra["ws_url"], make_token("rel-poison"))
+    _, client, chat_id = await gateway_with_client(own_queues, "rel-poison", REQUEST_DELIVERY_LIMIT=1)
     async with client:
         await client.send("send_message", {"content": "poison [[slow:200]] [[tokens:50]]"})
         accepted = await client.recv_type("message_accepted")
