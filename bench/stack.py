@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.processes import service_env
+
 from bench import cpu
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,20 +51,13 @@ def prepare() -> None:
     )
 
 
+# Quiet logs, the built-in fake model, a pool for hundreds of answers a second, slow heartbeats.
+BENCH_SETTINGS = {"log_level": "WARNING", "llm_provider": "fake", "database_pool_size": 20, "heartbeat_interval": 5000}
+
+
 def base_env(**overrides: object) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WS_", "OPENAI_", "LLM_", "JWT_", "FAKE_"))}
-    env.update(
-        AMQP_URL=AMQP_URL,
-        DATABASE_URL=DATABASE_URL,
-        JWT_SECRET=SECRET,
-        HOST="127.0.0.1",
-        LOG_LEVEL="WARNING",
-        LLM_PROVIDER="fake",
-        DATABASE_POOL_SIZE="20",
-        HEARTBEAT_INTERVAL="5000",
-    )
-    env.update({key.upper(): str(value) for key, value in overrides.items()})
-    return env
+    settings = {**BENCH_SETTINGS, **overrides}
+    return service_env(amqp_url=AMQP_URL, database_url=DATABASE_URL, jwt_secret=SECRET, **settings)
 
 
 @dataclass

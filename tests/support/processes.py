@@ -19,6 +19,20 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+# What configures the services: a developer's shell must not change a test's or a benchmark's run.
+SERVICE_ENV_PREFIXES = ("WS_", "OPENAI_", "LLM_", "JWT_", "FAKE_")
+
+
+def service_env(*, amqp_url: str, database_url: str, jwt_secret: str, **settings: object) -> dict[str, str]:
+    """The environment of a service process a test or a benchmark starts: this process's without the
+    ``SERVICE_ENV_PREFIXES``, the broker, database and JWT secret given, listening on 127.0.0.1, then
+    ``settings`` by their names (upper-cased; a later one wins)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SERVICE_ENV_PREFIXES)}
+    env.update(AMQP_URL=amqp_url, DATABASE_URL=database_url, JWT_SECRET=jwt_secret, HOST="127.0.0.1")
+    env.update({key.upper(): str(value) for key, value in settings.items()})
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
