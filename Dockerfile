@@ -9,7 +9,7 @@
 # slim runtime image, which runs as a non-root user. The last stages set what differs per service.
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
-# No default: an image says which service it is (without SERVICE the last FROM fails, blank).
+# No default: every build names its service (without SERVICE the last FROM has no base and fails).
 ARG SERVICE
 
 FROM ${UV_IMAGE} AS uv
