@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import subprocess
@@ -183,15 +184,20 @@ def measure(
     }
 
 
+def add_loop_options(group: argparse._ActionsContainer) -> None:
+    """The options of the loop's messages: replies per request, the request queue's type."""
+    group.add_argument("--replies", type=int, default=1, help="replies per request (1: the plain RPC loop)")
+    group.add_argument("--queue-type", choices=["quorum", "classic"], default="quorum", help="the request queue's type")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--role", choices=["both", "responder", "requester"], default="both")
     parser.add_argument("--concurrency", type=int, default=200, help="closed-loop callers in all")
     parser.add_argument("--duration", type=float, default=20, help="seconds of the measured window")
     parser.add_argument("--warmup", type=float, default=5, help="seconds of load before the window")
-    parser.add_argument("--replies", type=int, default=1, help="replies per request (1: the RPC reference)")
+    add_loop_options(parser)
     parser.add_argument("--prefetch", type=int, default=256)
-    parser.add_argument("--queue-type", choices=["quorum", "classic"], default="quorum")
     parser.add_argument("--requesters", type=int, default=1, help="requester processes")
     parser.add_argument("--responders", type=int, default=1, help="responder processes")
     args = parser.parse_args()
@@ -202,16 +208,8 @@ def main() -> None:
         print(json.dumps(run(requester(args.concurrency, args.queue_type))), flush=True)
         return
     prepare()
-    figures = measure(
-        concurrency=args.concurrency,
-        duration=args.duration,
-        warmup=args.warmup,
-        replies=args.replies,
-        prefetch=args.prefetch,
-        queue_type=args.queue_type,
-        requesters=args.requesters,
-        responders=args.responders,
-    )
+    options = vars(args)  # every option but --role is one of measure's keywords, of the same name
+    figures = measure(**{name: options[name] for name in inspect.signature(measure).parameters})
     figures["load_avg"] = round(os.getloadavg()[0], 2)
     print(json.dumps(figures))
 

@@ -32,6 +32,13 @@ def add_options(parser: argparse.ArgumentParser, *, duration: float, warmup: flo
     )
 
 
+def parser(doc: str | None, *, duration: float, warmup: float = 5.0) -> argparse.ArgumentParser:
+    """A benchmark's command line: the first line of its ``doc`` as description, and ``add_options``."""
+    made = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    add_options(made, duration=duration, warmup=warmup)
+    return made
+
+
 def load_avg() -> float:
     return round(os.getloadavg()[0], 2)
 

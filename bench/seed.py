@@ -93,17 +93,18 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    runs.add_options(parser, duration=60)
-    parser.add_argument("--generators", type=int, default=2, help="load generator processes")
-    parser.add_argument("--peak-users", type=int, default=1000, help="users in peak (3 connections each)")
-    parser.add_argument("--peak-rate", type=float, default=1000, help="messages per minute in peak")
-    parser.add_argument("--stress-users", type=int, default=1500, help="users in stress")
-    parser.add_argument("--workers", type=int, default=1, help="LLM workers in peak")
-    parser.add_argument("--peak-concurrency", type=int, default=128, help="WORKER_CONCURRENCY in peak")
-    parser.add_argument("--stress-workers", type=int, default=1, help="LLM workers in stress")
-    parser.add_argument("--stress-concurrency", type=int, default=200, help="WORKER_CONCURRENCY in stress")
+    parser = runs.parser(__doc__, duration=60)
+    peak = parser.add_argument_group("peak")
+    peak.add_argument("--peak-users", type=int, default=1000, help="users in peak (3 connections each)")
+    peak.add_argument("--peak-rate", type=float, default=1000, help="messages per minute in peak")
+    peak.add_argument("--workers", type=int, default=1, help="LLM workers in peak")
+    peak.add_argument("--peak-concurrency", type=int, default=128, help="WORKER_CONCURRENCY in peak")
     parser.add_argument("--only", choices=["peak", "stress"])
+    stress = parser.add_argument_group("stress")
+    stress.add_argument("--stress-users", type=int, default=1500, help="users in stress")
+    stress.add_argument("--stress-workers", type=int, default=1, help="LLM workers in stress")
+    stress.add_argument("--stress-concurrency", type=int, default=200, help="WORKER_CONCURRENCY in stress")
+    parser.add_argument("--generators", type=int, default=2, help="load generator processes")
     return parser.parse_args()
 
 

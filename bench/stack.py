@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.processes import service_env
+
 from bench import cpu
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,20 +51,13 @@ def prepare() -> None:
     )
 
 
+# Quiet logs, the built-in fake model, a pool for hundreds of answers a second, slow heartbeats.
+BENCH_SETTINGS = {"log_level": "WARNING", "llm_provider": "fake", "database_pool_size": 20, "heartbeat_interval": 5000}
+
+
 def base_env(**overrides: object) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WS_", "OPENAI_", "LLM_", "JWT_", "FAKE_"))}
-    env.update(
-        AMQP_URL=AMQP_URL,
-        DATABASE_URL=DATABASE_URL,
-        JWT_SECRET=SECRET,
-        HOST="127.0.0.1",
-        LOG_LEVEL="WARNING",
-        LLM_PROVIDER="fake",
-        DATABASE_POOL_SIZE="20",
-        HEARTBEAT_INTERVAL="5000",
-    )
-    env.update({key.upper(): str(value) for key, value in overrides.items()})
-    return env
+    settings = {**BENCH_SETTINGS, **overrides}
+    return service_env(amqp_url=AMQP_URL, database_url=DATABASE_URL, jwt_secret=SECRET, **settings)
 
 
 @dataclass
@@ -81,11 +76,15 @@ class Proc:
 class Stack:
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str], port: int, ready_path: str) -> Proc:
+    def start(self, name: str, argv: list[str], port: int, ready_path: str, **settings: object) -> Proc:
+        """Start ``argv`` with ``base_env(**settings)``, its output in ``LOG_DIR``; return once
+        ``ready_path`` on ``port`` answers."""
         LOG_DIR.mkdir(exist_ok=True)
         log = LOG_DIR / f"{name}-{port}.log"
         with log.open("ab") as handle:
-            process = subprocess.Popen(argv, env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+            process = subprocess.Popen(
+                argv, env=base_env(**settings), stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT
+            )
         proc = Proc(name, process, port, log)
         self.procs.append(proc)
         wait_ready(proc, f"http://127.0.0.1:{port}{ready_path}")
@@ -96,32 +95,17 @@ class Stack:
         return [self.gateway(GATEWAY_PORT + index, **env) for index in range(count)]
 
     def gateway(self, port: int = GATEWAY_PORT, **env: object) -> Proc:
-        return self.start(
-            "gateway",
-            [str(BIN / "chat-gateway")],
-            base_env(gateway_port=port, instance_id=f"bench-gw-{port}", **env),
-            port,
-            "/api/websocket/health",
-        )
+        settings = {"gateway_port": port, "instance_id": f"bench-gw-{port}", **env}
+        return self.start("gateway", [str(BIN / "chat-gateway")], port, "/api/websocket/health", **settings)
 
     def worker(self, index: int = 0, **env: object) -> Proc:
         port = WORKER_PORT + index
-        return self.start(
-            "worker",
-            [str(BIN / "llm-worker")],
-            base_env(worker_metrics_port=port, instance_id=f"bench-wk-{index}", **env),
-            port,
-            "/health",
-        )
+        settings = {"worker_metrics_port": port, "instance_id": f"bench-wk-{index}", **env}
+        return self.start("worker", [str(BIN / "llm-worker")], port, "/health", **settings)
 
     def bare(self, port: int = BARE_PORT, **env: object) -> Proc:
-        return self.start(
-            "bare",
-            [sys.executable, "-m", "bench.bare_server", "--port", str(port)],
-            base_env(**env),
-            port,
-            "/health",
-        )
+        argv = [sys.executable, "-m", "bench.bare_server", "--port", str(port)]
+        return self.start("bare", argv, port, "/health", **env)
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):

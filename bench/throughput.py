@@ -83,19 +83,17 @@ def raw_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    runs.add_options(parser, duration=20)
-    parser.add_argument("--users", type=int, default=200, help="closed-loop connections (raw: callers)")
-    parser.add_argument("--gateways", type=int, default=1, help="gateway processes (raw: requester processes)")
-    parser.add_argument("--workers", type=int, default=1, help="LLM worker processes (raw: responder processes)")
-    parser.add_argument("--concurrency", type=int, default=256, help="WORKER_CONCURRENCY (raw: prefetch)")
-    parser.add_argument("--tokens", type=int, default=80, help="FAKE_LLM_ANSWER_TOKENS")
-    parser.add_argument("--generators", type=int, default=2, help="load generator processes")
-    parser.add_argument("--replies", type=int, default=1, help="replies per request in the raw loop")
-    parser.add_argument(
-        "--queue-type", choices=["quorum", "classic"], default="quorum", help="the raw loop's request queue"
-    )
+    parser = runs.parser(__doc__, duration=20)
     parser.add_argument("--variants", default="coalesced,raw", help="of coalesced, per-token, raw")
+    stack = parser.add_argument_group("the stack (and the raw loop's counterpart)")
+    stack.add_argument("--gateways", type=int, default=1, help="gateway processes (raw: requester processes)")
+    stack.add_argument("--workers", type=int, default=1, help="LLM worker processes (raw: responder processes)")
+    stack.add_argument("--concurrency", type=int, default=256, help="WORKER_CONCURRENCY (raw: prefetch)")
+    stack.add_argument("--tokens", type=int, default=80, help="FAKE_LLM_ANSWER_TOKENS")
+    load = parser.add_argument_group("the load")
+    load.add_argument("--users", type=int, default=200, help="closed-loop connections (raw: callers)")
+    load.add_argument("--generators", type=int, default=2, help="load generator processes")
+    raw_amqp.add_loop_options(parser.add_argument_group("the raw loop only"))
     return parser.parse_args()
 
 

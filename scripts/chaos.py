@@ -29,13 +29,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
 import random
-import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,7 +54,15 @@ from tests.support.processes import ServiceProcess, free_port  # noqa: E402
 from tests.support.proxy import TcpProxy  # noqa: E402
 from tests.support.redis_server import PrivateRedis  # noqa: E402
 from tests.support.resilient import Outcome, ResilientClient  # noqa: E402
-from tests.support.services import Services, drop_database, drop_vhost, make_database, make_vhost  # noqa: E402
+from tests.support.services import (  # noqa: E402
+    Services,
+    drop_database,
+    drop_vhost,
+    make_database,
+    make_vhost,
+)
+from tests.support.services import close_broker_connections as close_vhost_connections  # noqa: E402
+from tests.support.wait import eventually  # noqa: E402
 from websockets.protocol import State  # noqa: E402
 
 log = logging.getLogger("chaos")
@@ -164,14 +171,14 @@ async def restart_gateway(stage: Stage, rng: random.Random, sig: int) -> str:
 
 async def cut_broker(stage: Stage, _rng: random.Random) -> str:
     await stage.amqp.cut()
-    await asyncio.sleep(3)
+    await asyncio.sleep(3)  # the outage's length: the fault itself
     stage.amqp.restore()
     return "broker connections cut for 3 s"
 
 
 async def cut_database(stage: Stage, _rng: random.Random) -> str:
     await stage.database.cut()
-    await asyncio.sleep(3)
+    await asyncio.sleep(3)  # the outage's length: the fault itself
     stage.database.restore()
     return "database connections cut for 3 s"
 
@@ -190,22 +197,16 @@ async def terminate_backends(stage: Stage, args: argparse.Namespace) -> str:
 
 
 async def close_broker_connections(stage: Stage) -> str:
-    ctl = shutil.which("rabbitmqctl")
-    if ctl is None or stage.services.vhost is None:
+    vhost = stage.services.vhost
+    result = None if vhost is None else await close_vhost_connections(vhost, "chaos")
+    if result is None:
         return "rabbitmqctl not available: skipped"
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [ctl, "close_all_connections", "-p", stage.services.vhost, "chaos"],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
     return f"rabbitmqctl close_all_connections (exit {result.returncode})"
 
 
 async def restart_redis(stage: Stage) -> str:
     stage.redis.stop()
-    await asyncio.sleep(3)
+    await asyncio.sleep(3)  # the outage's length: the fault itself
     await stage.redis.start()
     return "Redis killed, started again empty after 3 s"
 
@@ -219,14 +220,16 @@ async def kill_worker_during_resumes(stage: Stage, rng: random.Random) -> str:
     moving = [c for c in stage.clients if c.url == victim.extra["ws_url"]]
     victim.signal(signal.SIGKILL)
     await victim.wait_exit(10)
-    for _ in range(100):  # up to 5 s for half of them to have rejoined elsewhere (and asked to resume)
-        moved = sum(c.url != victim.extra["ws_url"] for c in moving)
-        if moved >= len(moving) / 2:
-            break
-        await asyncio.sleep(0.05)
+
+    def moved() -> int:
+        return sum(c.url != victim.extra["ws_url"] for c in moving)
+
+    # up to 5 s for half of them to have rejoined elsewhere (and asked to resume); the fault goes on regardless
+    with contextlib.suppress(AssertionError):
+        await eventually(moved, timeout=5, interval=0.05, accept=lambda n: n >= len(moving) / 2)
     worker = await kill_worker(stage, rng)
     stage.gateways[port] = await stage.cluster.gateway(gateway_port=port, **stage.env)
-    rejoined = f"{moved} of {len(moving)} clients rejoined elsewhere"
+    rejoined = f"{moved()} of {len(moving)} clients rejoined elsewhere"
     return f"SIGKILL gateway :{port} ({rejoined}), then {worker}; gateway restarted"
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 
 from chat_common.group_commit import GroupCommit
-from chat_common.store import DATA_ERRORS, AnswerRow, ChatStore, create_pool
-from tests.support.services import Services
+from chat_common.store import DATA_ERRORS, AnswerRow, ChatStore
+from tests.support.services import Services, chat_store
 
 
 def answer(chat_id: str, request_id: str, content: str = "a") -> AnswerRow:
@@ -24,19 +26,30 @@ async def _questions(store: ChatStore, n: int) -> tuple[str, list[str]]:
     return chat.id, requests
 
 
+AnswerWriter = GroupCommit[AnswerRow, bool]
+
+
+@contextlib.asynccontextmanager
+async def _grouped(database_url: str, n: int) -> AsyncIterator[tuple[ChatStore, str, list[str], AnswerWriter]]:
+    """``n`` questions stored in a new chat (its id, their request ids), and a group-commit writer of
+    answers running on their store until the block ends."""
+    async with chat_store(database_url) as store:
+        chat_id, requests = await _questions(store, n)
+        writer = GroupCommit(store.add_assistant_messages, data_errors=DATA_ERRORS)
+        task = asyncio.create_task(writer.run())
+        try:
+            yield store, chat_id, requests, writer
+        finally:
+            task.cancel()
+
+
 async def test_concurrent_answers_share_statements_and_each_is_stored_once(
     services: Services, db: asyncpg.Connection
 ) -> None:
-    pool = await create_pool(services.database_url, max_size=2)
-    try:
-        store = ChatStore(pool)
-        chat_id, requests = await _questions(store, 40)
-        writer = GroupCommit(store.add_assistant_messages, data_errors=DATA_ERRORS)
-        task = asyncio.create_task(writer.run())
+    async with _grouped(services.database_url, 40) as (store, chat_id, requests, writer):
         # each request answered twice at once (a redelivery racing the first attempt): one is stored
         rows = [answer(chat_id, request_id) for request_id in requests for _ in range(2)]
         stored = await asyncio.wait_for(asyncio.gather(*(writer.submit(row) for row in rows)), 10)
-        task.cancel()
         assert sum(stored) == 40
         assert all(stored[i] != stored[i + 1] for i in range(0, 80, 2))
         assert writer.statements < 40, "concurrent answers were written one statement each"
@@ -49,17 +62,10 @@ async def test_concurrent_answers_share_statements_and_each_is_stored_once(
         }
         again = await store.add_assistant_messages([answer(chat_id, requests[0])])
         assert again == [False]
-    finally:
-        await pool.close()
 
 
 async def test_one_answer_with_bad_data_fails_alone(services: Services, db: asyncpg.Connection) -> None:
-    pool = await create_pool(services.database_url, max_size=2)
-    try:
-        store = ChatStore(pool)
-        chat_id, requests = await _questions(store, 3)
-        writer = GroupCommit(store.add_assistant_messages, data_errors=DATA_ERRORS)
-        task = asyncio.create_task(writer.run())
+    async with _grouped(services.database_url, 3) as (_, chat_id, requests, writer):
         rows = [
             answer(chat_id, requests[0]),
             answer(chat_id, requests[1], "bad \x00 text"),
@@ -68,7 +74,6 @@ async def test_one_answer_with_bad_data_fails_alone(services: Services, db: asyn
         results = await asyncio.wait_for(
             asyncio.gather(*(writer.submit(row) for row in rows), return_exceptions=True), 10
         )
-        task.cancel()
         assert results[0] is True
         assert results[2] is True
         assert isinstance(results[1], DATA_ERRORS)
@@ -76,5 +81,3 @@ async def test_one_answer_with_bad_data_fails_alone(services: Services, db: asyn
             "SELECT request_id FROM messages WHERE chat_id = $1::uuid AND role = 'assistant'", chat_id
         )
         assert {str(r["request_id"]) for r in stored} == {requests[0], requests[2]}
-    finally:
-        await pool.close()

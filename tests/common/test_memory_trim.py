@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from chat_common import process
 from chat_common.process import MemoryTrimmer
+from tests.support.wait import eventually
 
 
 async def test_trims_once_after_the_count_halves(monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -19,10 +18,9 @@ async def test_trims_once_after_the_count_halves(monkeypatch) -> None:  # type: 
     assert trimmer._pending is None
     for count in range(100, 9, -1):  # half or less: one trim scheduled for the whole wave
         trimmer.note(count)
-    await asyncio.sleep(0.05)
-    assert calls == [0]
+    await eventually(lambda: calls == [0], timeout=2, interval=0.01, what="the scheduled trim")
     trimmer.note(9)  # the new peak is what was left: no further trim
-    await asyncio.sleep(0.05)
+    assert trimmer._pending is None, "a trim was scheduled"  # nothing scheduled: nothing will run
     assert calls == [0]
 
 

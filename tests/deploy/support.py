@@ -1,4 +1,4 @@
-"""Readers for the deployment files: Dockerfiles, .dockerignore, compose interpolation, settings names.
+"""Readers for the deployment files: the Dockerfile, .dockerignore, compose interpolation, settings names.
 
 Small on purpose: they understand the subset of each format that the files in ``deploy/`` use, and
 fail loudly on anything else, so that a file the tests cannot read is a failing test, not a pass.
@@ -102,7 +102,7 @@ def workspace_members() -> dict[str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Dockerfiles
+# The Dockerfile
 # ---------------------------------------------------------------------------------------------
 
 
@@ -157,8 +157,23 @@ def _logical_lines(text: str) -> Iterator[str]:
         yield buffer.strip()
 
 
-def parse_dockerfile(path: Path) -> tuple[dict[str, str], list[Stage]]:
-    """Global ARG defaults and the stages, in order. Flags (``--from=``) are split off."""
+# The one Dockerfile of the three services; its build argument SERVICE picks the member.
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def build_args(role: str) -> dict[str, str]:
+    """The build arguments that make ``DOCKERFILE`` the image of ``role``."""
+    return {"SERVICE": str(SERVICES[role]["package"])}
+
+
+def expand(text: str, args: Mapping[str, str]) -> str:
+    """Dockerfile substitution of ``${NAME}`` and ``$NAME`` by build arguments (the forms used here)."""
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], text)
+
+
+def parse_dockerfile(path: Path, overrides: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARGs (defaults, then ``overrides`` as ``--build-arg``) and the stages, in order.
+    Flags (``--from=``) are split off."""
     args: dict[str, str] = {}
     stages: list[Stage] = []
     for line in _logical_lines(path.read_text()):
@@ -172,7 +187,7 @@ def parse_dockerfile(path: Path) -> tuple[dict[str, str], list[Stage]]:
             rest = rest.lstrip()
         if keyword == "FROM":
             words = rest.split()
-            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], words[0])
+            base = expand(words[0], {**args, **(overrides or {})})
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(stages))
             stages.append(Stage(name=name, base=base))
         elif not stages:
@@ -182,6 +197,24 @@ def parse_dockerfile(path: Path) -> tuple[dict[str, str], list[Stage]]:
         else:
             stages[-1].instructions.append(Instruction(keyword, rest, flags))
     return args, stages
+
+
+def final_image(stages: list[Stage]) -> Stage:
+    """The image the build produces, as one stage: the last stage and, first, every stage it builds
+    ``FROM`` down to the one on an outside image, whose base it takes. The instructions stay in
+    order, so a later USER, CMD or HEALTHCHECK overrides an earlier one, as in Docker's image config."""
+    by_name = {stage.name: stage for stage in stages}
+    chain = [stages[-1]]
+    while chain[0].base in by_name:
+        chain.insert(0, by_name[chain[0].base])
+    instructions = [ins for stage in chain for ins in stage.instructions]
+    return Stage(name=chain[-1].name, base=chain[0].base, instructions=instructions)
+
+
+def service_image(role: str) -> tuple[list[Stage], Stage]:
+    """The stages of ``DOCKERFILE`` built for ``role`` and the image they produce."""
+    _, stages = parse_dockerfile(DOCKERFILE, build_args(role))
+    return stages, final_image(stages)
 
 
 def stage_env(stage: Stage) -> dict[str, str]:

@@ -19,10 +19,13 @@ import yaml
 
 from chat_common.settings import Settings
 from tests.deploy.support import (
+    DOCKERFILE,
     GATEWAY_SHUTDOWN_S,
     ROOT,
     SERVICES,
+    build_args,
     default_of,
+    final_image,
     interpolate,
     interpolation_names,
     is_service_env,
@@ -40,13 +43,13 @@ NO_ENV: dict[str, str] = {}  # `docker compose up` without a .env file
 
 
 def app_services() -> dict[str, tuple[str, dict[str, Any]]]:
-    """Compose services built from one of our Dockerfiles, with the role the Dockerfile serves."""
+    """Compose services built from our Dockerfile, with the role its build argument SERVICE picks."""
     found = {}
     for name, service in COMPOSE["services"].items():
         build = service.get("build")
-        if build:
-            for role, info in SERVICES.items():
-                if build["dockerfile"] == f"{info['dir']}/Dockerfile":
+        if build and ROOT / build["context"] / build["dockerfile"] == DOCKERFILE:
+            for role in SERVICES:
+                if build.get("args") == build_args(role):
                     found[name] = (role, service)
     return found
 
@@ -58,8 +61,8 @@ def healthchecked(name: str) -> bool:
     build = service.get("build")
     if not build:
         return False
-    _, stages = parse_dockerfile(ROOT / build["context"] / build["dockerfile"])
-    return bool(stages[-1].of("HEALTHCHECK"))
+    _, stages = parse_dockerfile(ROOT / build["context"] / build["dockerfile"], build.get("args"))
+    return bool(final_image(stages).of("HEALTHCHECK"))
 
 
 def test_every_service_image_builds_from_a_dockerfile_in_the_repository() -> None:
@@ -72,6 +75,7 @@ def test_every_service_image_builds_from_a_dockerfile_in_the_repository() -> Non
             continue
         assert build["context"] == ".", "the workspace lock lives at the root: build from there"
         assert (ROOT / build["dockerfile"]).is_file()
+        assert name in apps, f"{name}: its build arguments name no service: {build.get('args')}"
 
 
 def test_service_environment_names_are_settings_and_the_defaults_start_the_fake_model(

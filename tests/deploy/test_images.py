@@ -1,8 +1,9 @@
-"""The service Dockerfiles: what they copy exists, what they run exists, and the build really works.
+"""The Dockerfile of the services: for each, what it copies exists, what it runs exists, and the build really works.
 
-No Docker engine here, so ``test_build_steps_produce_a_standalone_virtualenv`` replays each
-Dockerfile's stages with the same commands on this machine: the manifests stage's RUN, the two
-``uv sync`` steps of the builder with its ENV, then checks the virtualenv the runtime stage copies.
+No Docker engine here, so ``test_build_steps_produce_a_standalone_virtualenv`` replays the
+Dockerfile's stages for each service with the same commands on this machine: the manifests stage's
+RUN, the two ``uv sync`` steps of the builder with its ENV and build argument, then checks the
+virtualenv the runtime stage copies.
 """
 
 from __future__ import annotations
@@ -21,32 +22,33 @@ from tests.deploy.support import (
     ROOT,
     SERVICES,
     Stage,
+    build_args,
     context_files,
+    expand,
     ignored,
-    parse_dockerfile,
+    service_image,
     stage_env,
     workspace_members,
 )
 
 
-def dockerfile(role: str) -> Path:
-    return ROOT / SERVICES[role]["dir"] / "Dockerfile"
-
-
-def uv_syncs(stage: Stage) -> list[list[str]]:
-    return [ins.words for ins in stage.of("RUN") if ins.words[:2] == ["uv", "sync"]]
+def uv_syncs(stage: Stage, args: dict[str, str]) -> list[list[str]]:
+    """The ``uv sync`` lines of ``stage`` as RUN sees them: the stage's ARGs expanded."""
+    declared = {ins.args for ins in stage.of("ARG")}
+    assert declared >= set(args), f"{stage.name}: a RUN sees a build argument only when the stage declares it"
+    syncs = [ins.words for ins in stage.of("RUN") if ins.words[:2] == ["uv", "sync"]]
+    return [[expand(word, args) for word in words] for words in syncs]
 
 
 @pytest.mark.parametrize("role", sorted(SERVICES))
 def test_dockerfile_builds_the_member_in_two_steps_into_a_slim_non_root_image(role: str) -> None:
     service = SERVICES[role]
-    _, stages = parse_dockerfile(dockerfile(role))
+    stages, runtime = service_image(role)
     names = [stage.name for stage in stages]
-    builder = next(stage for stage in stages if uv_syncs(stage))
-    runtime = stages[-1]
+    builder = next(stage for stage in stages if any(ins.words[:2] == ["uv", "sync"] for ins in stage.of("RUN")))
 
     # two uv steps from the workspace lock: third-party dependencies first, then the member
-    deps, member = uv_syncs(builder)
+    deps, member = uv_syncs(builder, build_args(role))
     for step in (deps, member):
         assert "--locked" in step or "--frozen" in step
         assert "--no-dev" in step
@@ -115,7 +117,7 @@ def test_build_steps_produce_a_standalone_virtualenv(role: str, tmp_path: Path) 
     uv = shutil.which("uv")
     assert uv is not None, "uv is needed (scripts/bootstrap.sh installs it)"
     service = SERVICES[role]
-    _, stages = parse_dockerfile(dockerfile(role))
+    stages, _ = service_image(role)
     manifests, builder = stages[1], stages[2]
     assert manifests.name == "manifests"
     assert builder.name == "builder"
@@ -139,7 +141,7 @@ def test_build_steps_produce_a_standalone_virtualenv(role: str, tmp_path: Path) 
     b_root = tmp_path / "builder-stage"
     work = b_root / "src"
     shutil.copytree(m_root / "manifests", work)
-    build_env = {**env, **stage_env(builder)}
+    build_env = {**env, **stage_env(builder), **build_args(role)}  # RUN sees a declared ARG as a variable
     build_env["UV_PROJECT_ENVIRONMENT"] = str(b_root / "app/.venv")
     # speed only: in the image the cache is a separate mount (copy) and .pyc saves start-up time
     build_env.update(UV_LINK_MODE="hardlink", UV_COMPILE_BYTECODE="0")

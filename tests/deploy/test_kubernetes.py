@@ -20,7 +20,7 @@ from tests.deploy.support import (
     default_of,
     is_service_env,
     load_yaml_documents,
-    parse_dockerfile,
+    service_image,
     worker_shutdown_grace_s,
     workspace_members,
 )
@@ -78,9 +78,8 @@ def test_images_are_built_from_the_service_dockerfiles() -> None:
     for role in SERVICES:
         c = container(deployment_of(role))
         assert c["image"] in images
-        dockerfile = ROOT / SERVICES[role]["dir"] / "Dockerfile"
-        _, stages = parse_dockerfile(dockerfile)
-        uid = int(stages[-1].of("USER")[-1].args.split(":")[0])
+        _, image = service_image(role)
+        uid = int(image.of("USER")[-1].args.split(":")[0])
         pod_security = deployment_of(role)["spec"]["template"]["spec"]["securityContext"]
         assert pod_security["runAsNonRoot"] is True
         assert pod_security["runAsUser"] == uid

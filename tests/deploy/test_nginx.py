@@ -9,7 +9,6 @@ the per-user limits must hold across the two because both gateways share Redis (
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import ipaddress
@@ -21,7 +20,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from tests.deploy.support import ROOT, load_compose, service_environment
 from tests.support.client import ChatClient, make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess, free_port
+from tests.support.wait import eventually
 
 TLS_BEGIN, TLS_END = "# --- TLS ---", "# --- end TLS ---"
 
@@ -248,18 +247,25 @@ async def balanced(cluster: Cluster, tmp_path: Path) -> AsyncIterator[Balanced]:
         nginx.stop()
 
 
+class NginxExited(Exception):
+    """nginx stopped while a test waited for it: no point waiting longer."""
+
+
 async def wait_http(url: str, nginx: Nginx, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=2) as client:
-        while time.monotonic() < deadline:
+
+        async def answers() -> bool:
             assert nginx.process is not None
             if nginx.process.poll() is not None:
-                raise AssertionError(f"nginx exited: {nginx.error_log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(url)).status_code == 200:
-                    return
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"nginx did not answer: {nginx.error_log()}")
+                raise NginxExited
+            return (await client.get(url)).status_code == 200
+
+        try:
+            await eventually(answers, timeout=timeout, retry_on=(httpx.HTTPError,))
+        except NginxExited:
+            raise AssertionError(f"nginx exited: {nginx.error_log()}") from None
+        except AssertionError as exc:
+            raise AssertionError(f"nginx did not answer: {nginx.error_log()}") from exc
 
 
 async def connections(gateway: ServiceProcess) -> int:
@@ -277,23 +283,32 @@ async def placed(setup: Balanced, source: str) -> tuple[ChatClient, int]:
     own connection counts; the test opens one socket at a time)."""
     before = [await connections(gw) for gw in setup.gateways]
     client = await connect_from(setup.ws_url, source)
-    for _ in range(100):
+
+    async def grown() -> list[int]:
         after = [await connections(gw) for gw in setup.gateways]
-        grown = [i for i in range(len(after)) if after[i] > before[i]]
-        if grown:
-            return client, grown[0]
-        await asyncio.sleep(0.05)
-    await client.close()
-    raise AssertionError(f"no gateway counted the socket from {source}")
+        return [i for i in range(len(after)) if after[i] > before[i]]
+
+    try:
+        landed = await eventually(grown, timeout=10, interval=0.05, what=f"a gateway counting the socket from {source}")
+    except AssertionError:
+        await client.close()
+        raise
+    return client, landed[0]
 
 
 async def settled(setup: Balanced, total: int) -> None:
     """Wait (bounded) until the gateways together count ``total`` sockets: closes have landed."""
-    for _ in range(100):
-        if sum([await connections(gw) for gw in setup.gateways]) == total:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the gateways never settled at {total} sockets")
+
+    async def counted() -> int:
+        return sum([await connections(gw) for gw in setup.gateways])
+
+    await eventually(
+        counted,
+        timeout=10,
+        interval=0.05,
+        accept=lambda n: n == total,
+        what=f"the gateways settling at {total} sockets",
+    )
 
 
 async def closed_with(client: ChatClient) -> int | None:
@@ -360,16 +375,16 @@ async def test_clients_through_nginx_reach_both_gateways_and_limits_hold_across_
 
         # a freed slot is usable again (the count lives in Redis, not on one gateway)
         await held.pop(0)[0].close()
-        deadline = time.monotonic() + 10
-        while True:
+
+        async def rejoined() -> tuple[ChatClient, int]:
             retry, gateway = await placed(balanced, "127.0.9.1")
             joined = await retry.join(token, "messages")
-            if joined["type"] == "chat_joined" or time.monotonic() > deadline:
-                break
-            await retry.close()
-            await asyncio.sleep(0.2)
-        assert joined["type"] == "chat_joined", joined
-        held.append((retry, gateway))
+            if joined["type"] != "chat_joined":
+                await retry.close()
+                raise AssertionError(joined)  # the freed slot has not reached Redis yet
+            return retry, gateway
+
+        held.append(await eventually(rejoined, timeout=10, interval=0.2, what="a join in the freed slot"))
 
         # WS_RATE_LIMIT_MAX_MESSAGES=4 per user over both gateways: 2 on each, the fifth is limited
         on_a = next(client for client, gw in held if gw == 0)
@@ -438,17 +453,22 @@ class NamedNginx(Nginx):
         )
         log.close()
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         """The rolling update's step after each gateway: `nginx -s reload` (SIGHUP to the master).
         Done when the workers of the old configuration are gone (the test has closed its sockets, so
         they exit at once; until then one of them may still accept a new connection)."""
         assert self.process is not None
         before = self.workers()
         self.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 15
-        while not self.workers() - before or self.workers() & before:
-            assert time.monotonic() < deadline, self.error_log()
-            time.sleep(0.05)
+
+        def replaced() -> bool:
+            now = self.workers()
+            return bool(now - before) and not now & before
+
+        try:
+            await eventually(replaced, timeout=15, interval=0.05, what="nginx's workers replaced")
+        except AssertionError as exc:
+            raise AssertionError(self.error_log()) from exc
 
     def workers(self) -> set[int]:
         assert self.process is not None
@@ -526,7 +546,7 @@ async def test_nginx_keeps_answering_while_both_gateways_are_replaced(
             await replace(name)
             # between the recreate and the reload nginx still has the old address: it tries the other
             assert await answered_through(url, f"While {name} is replaced?") is not None, nginx.error_log()
-            nginx.reload()
+            await nginx.reload()
             for n in range(3):
                 text = await answered_through(url, f"After {name} was replaced, {n}?")
                 assert text is not None, nginx.error_log()
@@ -540,7 +560,7 @@ async def test_nginx_keeps_answering_while_both_gateways_are_replaced(
         async with httpx.AsyncClient(timeout=10) as http:
             response = await http.get(f"http://127.0.0.1:{listen}/api/websocket/health")
         assert response.status_code == 502, "nginx without a reload must be on the dead addresses"
-        nginx.reload()
+        await nginx.reload()
         assert await answered_through(url, "And after a reload?") is not None, nginx.error_log()
     finally:
         nginx.stop()

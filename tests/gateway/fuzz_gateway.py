@@ -34,16 +34,11 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.protocol import State
 
+from tests.support import rawws
 from tests.support.client import ChatClient, make_token
+from tests.support.wait import eventually
 
 FRAME_TYPES = ["join_chat", "switch_chat", "create_chat", "send_message", "cancel", "refresh_token", "ping"]
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 @dataclass
@@ -55,9 +50,8 @@ class FuzzReport:
     sentinel_pings: int = 0
     sentinel_max_pong_ms: float = 0.0
     sentinel_answers: int = 0
-    rss_baseline: int = 0
-    rss_peak: int = 0
-    rss_final: int = 0
+    rss_mb: dict[str, float] = field(default_factory=dict)
+    """the gateway's resident memory: ``baseline`` after the warm-up, ``peak`` and ``final`` (MB)."""
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -72,11 +66,7 @@ class FuzzReport:
             "sentinel_pings": self.sentinel_pings,
             "sentinel_max_pong_ms": round(self.sentinel_max_pong_ms, 1),
             "sentinel_answers": self.sentinel_answers,
-            "rss_mb": {
-                "baseline": round(self.rss_baseline / 2**20, 1),
-                "peak": round(self.rss_peak / 2**20, 1),
-                "final": round(self.rss_final / 2**20, 1),
-            },
+            "rss_mb": self.rss_mb,
             "problems": self.problems,
         }
 
@@ -237,7 +227,7 @@ class Fuzzer:
                 if not await self._send(ws, kind, payload):
                     break
                 if rng.random() < 0.3:
-                    await asyncio.sleep(rng.random() * 0.01)
+                    await asyncio.sleep(rng.random() * 0.01)  # the attacker's random pace (the fuzz itself)
             ending = rng.random()
             if reader.done():
                 pass
@@ -324,7 +314,7 @@ class Fuzzer:
                 self.report.sentinel_pings += 1
                 pong_ms = (time.monotonic() - sent) * 1000
                 self.report.sentinel_max_pong_ms = max(self.report.sentinel_max_pong_ms, pong_ms)
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # the sentinel's ping rate: it measures, nothing waits on it
             answer = await client.ask(f"sentinel {index}: is the contract valid?", timeout=30)
             if answer.end is None or f"sentinel {index}" not in answer.end["content"]:
                 self.report.problems.append(f"sentinel {index} got no full answer: {answer.error}")
@@ -358,38 +348,39 @@ async def fuzz(
         fuzzer.budget = count
         await asyncio.gather(*(fuzzer.attacker(deadline) for _ in range(concurrency)))
 
+    others = set(rawws.held_ports(pid, fuzzer.port))  # sockets that are not the fuzzer's
     await round_of(max(100, frames // 10))  # warm-up: first-use allocations are not a leak
-    await asyncio.sleep(1.0)
-    report.rss_baseline = rss_bytes(pid)
+    # the baseline once the gateway has let go of every warm-up socket
+    await eventually(
+        lambda: not set(rawws.held_ports(pid, fuzzer.port)) - others, timeout=10, what="the warm-up's sockets closed"
+    )
+    memory = rawws.RssPeak(pid, every=0.2)
     report.frames.clear()
     report.connections.clear()
 
     stop = asyncio.Event()
     watchers = [asyncio.create_task(fuzzer.sentinel(i, stop)) for i in range(sentinels)]
-
-    async def sample_rss() -> None:
-        while not stop.is_set():
-            report.rss_peak = max(report.rss_peak, rss_bytes(pid))
-            await asyncio.sleep(0.2)
-
-    sampler = asyncio.create_task(sample_rss())
+    sampler = asyncio.create_task(memory.run())
     await round_of(frames)
     stop.set()
-    await asyncio.gather(*watchers, sampler)
+    await asyncio.gather(*watchers)
+    sampler.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sampler
     if time.monotonic() > deadline:
         report.problems.append(f"the run hit its time bound of {seconds} s")
 
     # memory back to baseline: allow 10 % or 8 MB for allocator slack, wait for it a few seconds
-    allowed = report.rss_baseline + max(8 * 2**20, report.rss_baseline // 10)
-    settle = time.monotonic() + 10
-    report.rss_final = rss_bytes(pid)
-    while report.rss_final > allowed and time.monotonic() < settle:
-        await asyncio.sleep(0.5)
-        report.rss_final = rss_bytes(pid)
-    if report.rss_final > allowed:
-        report.problems.append(
-            f"RSS did not return to baseline: {report.rss_final / 2**20:.1f} MB > {allowed / 2**20:.1f} MB"
-        )
+    allowed = memory.baseline + max(8 * 2**20, memory.baseline // 10)
+    with contextlib.suppress(AssertionError):  # judged just below, as a problem of the report
+        await eventually(lambda: rawws.rss_bytes(pid), timeout=10, interval=0.5, accept=lambda rss: rss <= allowed)
+    final = rawws.rss_bytes(pid)
+    report.rss_mb = {
+        name: round(value / 2**20, 1)
+        for name, value in (("baseline", memory.baseline), ("peak", memory.peak), ("final", final))
+    }
+    if final > allowed:
+        report.problems.append(f"RSS did not return to baseline: {final / 2**20:.1f} MB > {allowed / 2**20:.1f} MB")
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

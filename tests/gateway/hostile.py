@@ -52,15 +52,26 @@ from tests.support import rawws
 from tests.support.client import ChatClient, make_token
 from tests.support.cluster import Cluster, isolated_cluster
 from tests.support.processes import ServiceProcess
+from tests.support.wait import eventually
 
 AUTH_S, SEND_S, HANDSHAKE_S = 2.0, 3.0, 2.0
 INACTIVE_S, INTERVAL_S, GRACE_S = 4.0, 1.0, 3.0
 BUDGET = 256 * 1024
+
+
+def deadlines_env(*, auth_s: float, send_s: float, handshake_s: float, budget: int) -> dict[str, str | int]:
+    """The gateway settings a hostile peer runs into: the deadlines of authentication, of a send and
+    of the handshake (seconds), and the bytes a connection may have waiting to be sent."""
+    return {
+        "WS_AUTH_TIMEOUT": int(auth_s * 1000),
+        "WS_SEND_TIMEOUT": int(send_s * 1000),
+        "WS_HANDSHAKE_TIMEOUT": int(handshake_s * 1000),
+        "WS_MAX_BUFFERED_BYTES": budget,
+    }
+
+
 GATEWAY_ENV: dict[str, str | int] = {
-    "WS_AUTH_TIMEOUT": int(AUTH_S * 1000),
-    "WS_SEND_TIMEOUT": int(SEND_S * 1000),
-    "WS_HANDSHAKE_TIMEOUT": int(HANDSHAKE_S * 1000),
-    "WS_MAX_BUFFERED_BYTES": BUDGET,
+    **deadlines_env(auth_s=AUTH_S, send_s=SEND_S, handshake_s=HANDSHAKE_S, budget=BUDGET),
     "WS_INACTIVE_TIMEOUT": int(INACTIVE_S * 1000),
     "WS_CLEANUP_INTERVAL": int(INTERVAL_S * 1000),
     "SHUTDOWN_GRACE": int(GRACE_S * 1000),
@@ -179,7 +190,7 @@ class _Attack:
             for byte in request + b"X-Slow: " + b"a" * 1000:
                 if not peer.write(bytes([byte])):
                     return
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # slowloris: the slow dribble is the attack
 
         self.tasks.append(asyncio.create_task(dribble()))
 
@@ -209,9 +220,10 @@ def _held(report: HostileReport, watch: rawws.SocketWatch) -> None:
 
 
 async def _until_released(watch: rawws.SocketWatch, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while watch.pending() and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    """Wait (at most ``timeout`` s) until the gateway let go of every watched socket; what it still
+    holds then is counted by ``_held``."""
+    with contextlib.suppress(AssertionError):
+        await eventually(lambda: not watch.pending(), timeout=timeout)
 
 
 async def _sentinel(url: str, report: HostileReport, stop: asyncio.Event) -> None:
@@ -261,16 +273,13 @@ async def hostile_run(cluster: Cluster, *, n: int, sentinels: int, seconds: floa
     stop = asyncio.Event()
     sentinel_tasks = [asyncio.create_task(_sentinel(url, report, stop)) for _ in range(sentinels)]
     idle_tasks = [asyncio.create_task(_idle_user(url)) for _ in range(sentinels)]
-    await asyncio.sleep(1.0)
-    report.rss_baseline = report.rss_peak = rawws.rss_bytes(gateway.pid)
+    # the baseline once the sentinels and the idle users are in (one that cannot connect reports it itself)
+    with contextlib.suppress(AssertionError):
+        await eventually(lambda: len(rawws.held_ports(gateway.pid, int(gateway.extra["port"]))) >= 2 * sentinels)
+    memory = rawws.RssPeak(gateway.pid, every=0.1)
+    report.rss_baseline = memory.baseline
     sweeps_before, started = await _metric(http_url, "chat_gateway_sweeps_total"), time.monotonic()
-
-    async def sample_rss() -> None:
-        while not stop.is_set():
-            report.rss_peak = max(report.rss_peak, rawws.rss_bytes(gateway.pid))
-            await asyncio.sleep(0.1)
-
-    sampler = asyncio.create_task(sample_rss())
+    sampler = asyncio.create_task(memory.run())
     watch = rawws.SocketWatch(gateway.pid, int(gateway.extra["port"]))
     watcher = asyncio.create_task(watch.run())
     attack = _Attack(gateway, watch)
@@ -290,6 +299,7 @@ async def hostile_run(cluster: Cluster, *, n: int, sentinels: int, seconds: floa
         report.sweeps = int(await _metric(http_url, "chat_gateway_sweeps_total") - sweeps_before)
         report.sweeps_expected_at_least = int((time.monotonic() - started) / INTERVAL_S) - 2
         report.sweep_lag_s = await _metric(http_url, "chat_gateway_sweep_lag_seconds")
+        report.rss_peak = memory.peak
         growth = report.rss_peak - report.rss_baseline
         report.rss_growth_per_hostile_socket = round(max(0, growth) / report.hostile_sockets, 1)
     finally:

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from tests.gateway.conftest import address, connect, joined, refusals, still_open, until_closed, user
-from tests.gateway.hostile import hostile_run
+from tests.gateway.hostile import deadlines_env, hostile_run
 from tests.support import rawws
 from tests.support.client import make_token
 from tests.support.cluster import Cluster
@@ -24,10 +24,7 @@ from tests.support.wait import eventually
 AUTH_S, SEND_S, HANDSHAKE_S = 1.0, 2.0, 1.0
 BUDGET = 256 * 1024
 HOSTILE_ENV: dict[str, str | int] = {
-    "WS_AUTH_TIMEOUT": int(AUTH_S * 1000),
-    "WS_SEND_TIMEOUT": int(SEND_S * 1000),
-    "WS_HANDSHAKE_TIMEOUT": int(HANDSHAKE_S * 1000),
-    "WS_MAX_BUFFERED_BYTES": BUDGET,
+    **deadlines_env(auth_s=AUTH_S, send_s=SEND_S, handshake_s=HANDSHAKE_S, budget=BUDGET),
     "WS_MAX_FRAMES_PER_SECOND": 100,
     "WS_MAX_UNAUTHENTICATED_PER_ADDRESS": 50,
 }
@@ -144,7 +141,7 @@ async def test_a_handshake_must_complete_in_time(hostile: ServiceProcess, how: s
             for byte in request + b"a" * 1000:
                 if not peer.write(bytes([byte])):
                     return
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # slowloris: the slow dribble is the attack
 
         dribble = asyncio.create_task(one_byte_at_a_time())
     try:
@@ -197,6 +194,8 @@ async def test_a_stuck_peer_does_not_stop_the_sweep(module_cluster: Cluster, pat
     someone = user("stuck")
     chat_id = await rawws.seed_chat(module_cluster.services.database_url, someone, messages=50, size=4000)
     stuck = await _stuck_reader(patient, someone, chat_id)
+    # the scenario, not a wait for an event: the stuck peer stays silent past WS_INACTIVE_TIMEOUT (1.5 s),
+    # so that a sweep (every 0.3 s) is in its unbounded close when the idle client arrives
     await asyncio.sleep(2.5)
     idle = await joined(patient.extra["ws_url"], make_token(user("idle")))
     idle_since = time.monotonic()
@@ -241,7 +240,7 @@ async def test_no_frame_is_handled_after_the_token_expired(module_cluster: Clust
     chat_id = await rawws.seed_chat(module_cluster.services.database_url, someone, messages=50, size=4000)
     expires_in = 3.0
     peer = await _stuck_reader(patient, someone, chat_id, token=make_token(someone, expires_in=expires_in))
-    await asyncio.sleep(expires_in + 0.5)
+    await asyncio.sleep(expires_in + 0.5)  # the token's lifetime running out is the behaviour under test
     marker = f"after expiry {user('m')}"
     await peer.send(rawws.text("send_message", content=marker))
     key = ("UNAUTHORIZED", "token_expired")

@@ -42,6 +42,14 @@ async def rel(rel_base: Cluster) -> AsyncIterator[Cluster]:
 
 
 @pytest.fixture
+def own_queues(cluster: Cluster, rel_base: Cluster) -> Cluster:
+    """The per-test ``cluster`` (a vhost of its own, for other queue arguments) answering with the
+    shared fake OpenAI server."""
+    cluster.openai_url = rel_base.openai_url
+    return cluster
+
+
+@pytest.fixture
 def fake(rel_base: Cluster) -> ServiceProcess:
     return next(p for p in rel_base.processes if p.name == "fake-openai")
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
 import asyncpg
 import httpx
 
-from tests.support.client import ChatClient
+from tests.support.client import ChatClient, make_token
+from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess
 
 
@@ -49,6 +51,29 @@ async def joined(url: str, token: str, chat_type: str = "messages") -> tuple[Cha
     frame = await client.join(token, chat_type)
     assert frame["type"] == "chat_joined", frame
     return client, str(frame["data"]["chatId"])
+
+
+async def gateway_with_client(cluster: Cluster, user: str, **env: str | int) -> tuple[ServiceProcess, ChatClient, str]:
+    """A new gateway in ``cluster`` (``env`` its settings) and a client of ``user`` joined to a new chat
+    on it: the gateway, the client, the chat's id."""
+    gateway = await cluster.gateway(**env)
+    client, chat_id = await joined(gateway.extra["ws_url"], make_token(user))
+    return gateway, client, chat_id
+
+
+async def frames_until(
+    client: ChatClient, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 20
+) -> list[dict[str, Any]]:
+    """Read frames until ``done(frames so far)``; each frame must come within ``timeout`` seconds."""
+    frames: list[dict[str, Any]] = []
+    while not done(frames):
+        frames.append(await client.recv(timeout))
+    return frames
+
+
+def ended(frames: list[dict[str, Any]]) -> bool:
+    """The last frame ends an answer: ``response_end`` or ``error``."""
+    return bool(frames) and frames[-1]["type"] in ("response_end", "error")
 
 
 async def ledger(db: asyncpg.Connection, chat_ids: list[str]) -> list[asyncpg.Record]:

@@ -7,16 +7,13 @@ import uuid
 
 import asyncpg
 
-from chat_common.store import ChatStore, create_pool
-from tests.support.services import Services
+from tests.support.services import Services, chat_store
 
 
 async def test_stale_questions_without_an_answer_are_recorded_as_timeout(
     services: Services, db: asyncpg.Connection
 ) -> None:
-    pool = await create_pool(services.database_url, max_size=2)
-    try:
-        store = ChatStore(pool)
+    async with chat_store(services.database_url) as store:
         chat = await store.create_chat(f"rel-reaper-{uuid.uuid4().hex[:6]}", "messages")
         ids = {name: (str(uuid.uuid4()), str(uuid.uuid4())) for name in ("lost", "answered", "recent")}
         for message_id, request_id in ids.values():
@@ -42,5 +39,3 @@ async def test_stale_questions_without_an_answer_are_recorded_as_timeout(
         assert rows[ids["answered"][0]] == ("complete", None)
         assert rows[ids["recent"][0]] == ("accepted", None)
         assert await store.fail_stale_requests(older_than_s=300) == 0
-    finally:
-        await pool.close()

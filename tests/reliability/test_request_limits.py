@@ -8,7 +8,15 @@ import time
 
 import asyncpg
 
-from tests.reliability.helpers import assert_ledger, joined, ledger, queue_depth, stream_ended, stream_of
+from tests.reliability.helpers import (
+    assert_ledger,
+    gateway_with_client,
+    joined,
+    ledger,
+    queue_depth,
+    stream_ended,
+    stream_of,
+)
 from tests.support.client import make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess
@@ -16,11 +24,9 @@ from tests.support.wait import eventually
 
 
 async def test_full_request_queue_is_busy_with_retry_after_and_drains_when_a_worker_comes(
-    cluster: Cluster, rel_base: Cluster, db: asyncpg.Connection
+    own_queues: Cluster, db: asyncpg.Connection
 ) -> None:
-    cluster.openai_url = rel_base.openai_url
-    gateway = await cluster.gateway(REQUEST_QUEUE_MAX_LENGTH=2)
-    client, chat_id = await joined(gateway.extra["ws_url"], make_token("rel-backpressure"))
+    _, client, chat_id = await gateway_with_client(own_queues, "rel-backpressure", REQUEST_QUEUE_MAX_LENGTH=2)
     async with client:
         # a quorum queue applies its bound a little late (it rejects once over the length), so
         # send until refused: within a message or two of the bound, and nothing unbounded
@@ -41,9 +47,9 @@ async def test_full_request_queue_is_busy_with_retry_after_and_drains_when_a_wor
         assert error["data"]["code"] == "BUSY"
         assert error["data"]["retryAfterMs"] > 0
         assert error["data"]["messageId"] == refused_accepted["data"]["messageId"]
-        assert await queue_depth(cluster.services.amqp_url, "chat.requests.messages") == len(queued)
+        assert await queue_depth(own_queues.services.amqp_url, "chat.requests.messages") == len(queued)
 
-        await cluster.worker(REQUEST_QUEUE_MAX_LENGTH=2)  # queue arguments must match
+        await own_queues.worker(REQUEST_QUEUE_MAX_LENGTH=2)  # queue arguments must match
         ends = [await client.recv_type("response_end", timeout=20) for _ in queued]
         assert {e["data"]["finishReason"] for e in ends} == {"stop"}
 

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.reliability.helpers import assert_ledger, in_flight, joined, stream_of
+from tests.reliability.helpers import assert_ledger, ended, frames_until, in_flight, joined, stream_of
 from tests.support.client import ChatClient, make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess
@@ -20,19 +20,8 @@ from tests.support.wait import eventually
 TOKENS = 40
 
 
-async def _until(client: ChatClient, done: Any, timeout: float = 30) -> list[dict[str, Any]]:
-    frames: list[dict[str, Any]] = []
-    while not done(frames):
-        frames.append(await client.recv(timeout))
-    return frames
-
-
 def _chunks(frames: list[dict[str, Any]]) -> int:
     return sum(f["type"] == "response_chunk" for f in frames)
-
-
-def _ended(frames: list[dict[str, Any]]) -> bool:
-    return bool(frames) and frames[-1]["type"] in ("response_end", "error")
 
 
 def _rendered(frames: list[dict[str, Any]], attempt: int) -> str:
@@ -74,7 +63,7 @@ async def test_answer_reaches_the_new_connection_when_its_worker_dies(
     marker = f"moving-{kill}-{uuid.uuid4().hex[:8]}"
     old, chat_id = await joined(first.extra["ws_url"], token)
     await old.send("send_message", {"content": f"{marker} [[slow:120]] [[tokens:{TOKENS}]]"})
-    seen = await _until(old, lambda f: _chunks(f) >= 3)
+    seen = await frames_until(old, lambda f: _chunks(f) >= 3, timeout=30)
     accepted = next(f["data"] for f in seen if f["type"] == "message_accepted")
     start = next(f["data"] for f in seen if f["type"] == "response_start")
     last_seq = max(f["data"]["seq"] for f in seen if f["type"] == "response_chunk")
@@ -95,10 +84,10 @@ async def test_answer_reaches_the_new_connection_when_its_worker_dies(
         assert [m["role"] for m in joined_frame["data"]["history"]] == ["user"]
         if kill == "right_after_the_resume":
             holder.signal(signal.SIGKILL)
-        frames = await _until(new, _ended, timeout=30)
+        frames = await frames_until(new, ended, timeout=30)
         # nothing more for this message: the next frame is the answer to a ping sent after the end
         await new.send("ping", requestId="after")
-        frames += await _until(new, lambda f: bool(f) and f[-1]["type"] == "pong", timeout=10)
+        frames += await frames_until(new, lambda f: bool(f) and f[-1]["type"] == "pong", timeout=10)
 
     kinds = [f["type"] for f in frames]
     assert "error" not in kinds, frames

@@ -134,13 +134,13 @@ async def test_rolling_restart_of_every_process_loses_no_request(rel: Cluster, d
         return outcomes
 
     talks = [asyncio.create_task(converse(c)) for c in clients]
-    await asyncio.sleep(2)
+    await asyncio.sleep(2)  # the scenario: conversations under way before the restart begins
     second_worker = await rel.worker()
     first_gateway.signal(signal.SIGTERM)
     assert await first_gateway.wait_exit(20) in GRACEFUL_EXIT
     first_worker.signal(signal.SIGTERM)
     assert await first_worker.wait_exit(20) == 0
-    await asyncio.sleep(2)
+    await asyncio.sleep(2)  # the scenario: conversations go on for a while on the processes that remain
     stop.set()
     results = [o for talk in await asyncio.gather(*talks) for o in talk]
     for client in clients:

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any
 
 import asyncpg
 
-from tests.reliability.helpers import assert_ledger, in_flight, joined, queue_depth
-from tests.support.client import ChatClient, make_token
+from tests.reliability.helpers import (
+    assert_ledger,
+    ended,
+    frames_until,
+    gateway_with_client,
+    in_flight,
+    joined,
+    queue_depth,
+)
+from tests.support.client import make_token
 from tests.support.cluster import Cluster
-
-
-async def _frames_until(client: ChatClient, done: Any, timeout: float = 20) -> list[dict[str, Any]]:
-    frames: list[dict[str, Any]] = []
-    while not done(frames):
-        frames.append(await client.recv(timeout))
-    return frames
-
-
-def _ended(frames: list[dict[str, Any]]) -> bool:
-    return bool(frames) and frames[-1]["type"] in ("response_end", "error")
 
 
 async def test_worker_killed_mid_answer_another_attempt_restarts_it_once(rel: Cluster, db: asyncpg.Connection) -> None:
@@ -31,12 +27,12 @@ async def test_worker_killed_mid_answer_another_attempt_restarts_it_once(rel: Cl
     client, chat_id = await joined(gateway.extra["ws_url"], make_token("rel-kill-worker"))
     async with client:
         await client.send("send_message", {"content": "kill me [[slow:80]] [[tokens:30]]"})
-        frames = await _frames_until(client, lambda f: sum(x["type"] == "response_chunk" for x in f) >= 3)
+        frames = await frames_until(client, lambda f: sum(x["type"] == "response_chunk" for x in f) >= 3)
         loads = [await in_flight(w) for w in workers]
         assert sorted(loads) == [0, 1], loads
         holder = workers[loads.index(1)]
         holder.signal(signal.SIGKILL)
-        frames += await _frames_until(client, _ended)
+        frames += await frames_until(client, ended)
 
     kinds = [f["type"] for f in frames]
     assert kinds[:2] == ["message_accepted", "response_start"]
@@ -60,23 +56,21 @@ async def test_worker_killed_mid_answer_another_attempt_restarts_it_once(rel: Cl
 
 
 async def test_request_that_keeps_killing_workers_is_dead_lettered_and_client_told(
-    cluster: Cluster, rel_base: Cluster, db: asyncpg.Connection
+    own_queues: Cluster, db: asyncpg.Connection
 ) -> None:
     """Delivery limit 1: the first delivery and one redelivery, then the dead-letter queue."""
-    cluster.openai_url = rel_base.openai_url
-    gateway = await cluster.gateway(REQUEST_DELIVERY_LIMIT=1)
-    client, chat_id = await joined(gateway.extra["ws_url"], make_token("rel-poison"))
+    _, client, chat_id = await gateway_with_client(own_queues, "rel-poison", REQUEST_DELIVERY_LIMIT=1)
     async with client:
         await client.send("send_message", {"content": "poison [[slow:200]] [[tokens:50]]"})
         accepted = await client.recv_type("message_accepted")
         for attempt in (1, 2):
-            worker = await cluster.worker(REQUEST_DELIVERY_LIMIT=1, WORKER_CONCURRENCY=1)
+            worker = await own_queues.worker(REQUEST_DELIVERY_LIMIT=1, WORKER_CONCURRENCY=1)
             start = await client.recv_type("response_start", timeout=15)
             assert start["data"].get("attempt", 1) == attempt
             worker.signal(signal.SIGKILL)
             await worker.wait_exit(5)
-        assert await queue_depth(cluster.services.amqp_url, "chat.requests.dead") == 1
-        await cluster.worker(REQUEST_DELIVERY_LIMIT=1)  # takes the dead-letter notice
+        assert await queue_depth(own_queues.services.amqp_url, "chat.requests.dead") == 1
+        await own_queues.worker(REQUEST_DELIVERY_LIMIT=1)  # takes the dead-letter notice
         error = await client.recv_type("error", timeout=15)
         assert error["data"]["code"] == "INTERNAL"
         assert error["data"]["messageId"] == start["data"]["messageId"]
@@ -85,7 +79,7 @@ async def test_request_that_keeps_killing_workers_is_dead_lettered_and_client_to
 
     outcome = await assert_ledger(db, [chat_id], {accepted["data"]["messageId"]})
     assert list(outcome.values()) == [("failed", "INTERNAL", None)]
-    assert await queue_depth(cluster.services.amqp_url, "chat.requests.messages") == 0
+    assert await queue_depth(own_queues.services.amqp_url, "chat.requests.messages") == 0
 
 
 async def test_worker_sigterm_finishes_in_flight_then_requeues_what_outlives_the_grace(

@@ -14,8 +14,16 @@ from pathlib import Path
 import httpx
 
 from tests.support.client import TEST_SECRET
-from tests.support.processes import ServiceProcess, command, free_port
+from tests.support.processes import ServiceProcess, command, free_port, service_env
 from tests.support.services import Services, drop_vhost, make_vhost
+
+# Fast heartbeats and a short silence: the monitor's view of a test's processes settles in seconds.
+TEST_SETTINGS: dict[str, object] = {
+    "heartbeat_interval": 500,
+    "instance_silence_timeout": 3000,
+    "log_level": "INFO",
+    "database_pool_size": 5,
+}
 
 
 class Cluster:
@@ -30,16 +38,9 @@ class Cluster:
         """seconds a process has to answer its health check after it was started."""
 
     def base_env(self, **overrides: str | int) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("WS_", "OPENAI_", "LLM_", "JWT_", "FAKE_"))}
-        env.update(
-            AMQP_URL=self.services.amqp_url,
-            DATABASE_URL=self.services.database_url,
-            JWT_SECRET=TEST_SECRET,
-            HEARTBEAT_INTERVAL="500",
-            INSTANCE_SILENCE_TIMEOUT="3000",
-            LOG_LEVEL="INFO",
-            HOST="127.0.0.1",
-            DATABASE_POOL_SIZE="5",
+        services = self.services
+        env = service_env(
+            amqp_url=services.amqp_url, database_url=services.database_url, jwt_secret=TEST_SECRET, **TEST_SETTINGS
         )
         if self.openai_url is not None:
             env.update(

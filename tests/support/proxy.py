@@ -42,7 +42,7 @@ class TcpProxy:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop: the aborted transports close their sockets
 
     def restore(self) -> None:
         self.is_cut = False

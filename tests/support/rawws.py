@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.support.wait import eventually
+
 OP_TEXT, OP_CLOSE, OP_PING = 0x1, 0x8, 0x9
 
 
@@ -117,7 +119,7 @@ async def flood_pings(peer: RawPeer, *, until: float, payload: bytes = b"x" * 12
             if not peer.write(ping):
                 break
             sent += 1
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # the flood's pace (the behaviour under test), and a yield to the loop
     return sent
 
 
@@ -154,18 +156,41 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+class RssPeak:
+    """The peak resident memory of process ``pid`` since it was made (or ``restart``), sampled every
+    ``every`` seconds while ``run`` runs (cancel it to stop)."""
+
+    def __init__(self, pid: int, *, every: float) -> None:
+        self.pid = pid
+        self.every = every
+        self.baseline = self.peak = rss_bytes(pid)
+
+    def restart(self) -> int:
+        """Take a new baseline, which is also the peak so far; return it."""
+        self.baseline = self.peak = rss_bytes(self.pid)
+        return self.baseline
+
+    async def run(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_bytes(self.pid))
+            await asyncio.sleep(self.every)  # a sampler's period: it measures, nothing waits on it
+
+
 async def released_within(pid: int, server_port: int, peers: list[RawPeer], timeout: float) -> dict[int, float]:
     """Wait (at most ``timeout`` s) until the gateway holds none of ``peers``; return, for each peer
     released, the seconds from its ``opened`` to the first check that found it gone."""
     released: dict[int, float] = {}
-    deadline = time.monotonic() + timeout
-    while len(released) < len(peers) and time.monotonic() < deadline:
+
+    def all_released() -> bool:
         held = held_ports(pid, server_port)
         now = time.monotonic()
         for peer in peers:
             if peer.port not in held and peer.port not in released:
                 released[peer.port] = now - peer.opened
-        await asyncio.sleep(0.05)
+        return len(released) == len(peers)
+
+    with contextlib.suppress(AssertionError):  # a peer still held is the caller's to judge
+        await eventually(all_released, timeout=timeout, interval=0.05)
     return released
 
 
@@ -192,11 +217,12 @@ async def seed_chat(database_url: str, user_id: str, *, messages: int = 50, size
 
 async def until_held(pid: int, server_port: int, peer: RawPeer, timeout: float = 5.0) -> None:
     """Wait until the gateway has accepted ``peer`` (its socket is in the gateway's fd table)."""
-    deadline = time.monotonic() + timeout
-    while peer.port not in held_ports(pid, server_port):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the gateway never accepted port {peer.port}")
-        await asyncio.sleep(0.02)
+    await eventually(
+        lambda: peer.port in held_ports(pid, server_port),
+        timeout=timeout,
+        interval=0.02,
+        what=f"the gateway accepting port {peer.port}",
+    )
 
 
 class SocketWatch:
@@ -242,7 +268,7 @@ class SocketWatch:
         while True:
             with contextlib.suppress(OSError):
                 self.poll()
-            await asyncio.sleep(self.every)
+            await asyncio.sleep(self.every)  # a sampler's period: it measures, nothing waits on it
 
     def pending(self) -> int:
         return len(self.peers) - len(self.released)

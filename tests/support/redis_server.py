@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import subprocess
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from tests.support.processes import free_port
+from tests.support.wait import eventually
 
 
 class PrivateRedis:
@@ -39,15 +38,17 @@ class PrivateRedis:
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
-        deadline = time.monotonic() + timeout
+        process = self._process
+
+        async def answers() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError("redis-server exited")
+            return bool(await client.ping())
+
         try:
-            while True:
-                with contextlib.suppress(RedisError, OSError):
-                    if await client.ping():
-                        return
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start: {self.log_path.read_text(errors='replace')}")
-                await asyncio.sleep(0.05)
+            await eventually(answers, timeout=timeout, interval=0.05, retry_on=(RedisError, OSError))
+        except (AssertionError, RuntimeError) as exc:
+            raise RuntimeError(f"redis-server did not start: {self.log_path.read_text(errors='replace')}") from exc
         finally:
             await client.aclose()
 

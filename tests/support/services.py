@@ -10,6 +10,7 @@ answers, the test run fails: a missing service is an error, never a skip.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -22,6 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+
+from chat_common.store import ChatStore, create_pool
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -130,6 +133,33 @@ def drop_vhost(vhost: str | None) -> None:
     ctl = shutil.which("rabbitmqctl")
     if vhost and ctl:
         subprocess.run([ctl, "delete_vhost", vhost], capture_output=True, timeout=60, check=False)
+
+
+async def close_broker_connections(vhost: str, reason: str) -> subprocess.CompletedProcess[str] | None:
+    """RabbitMQ closes every client connection of ``vhost`` (``rabbitmqctl close_all_connections``,
+    in a thread: it takes seconds); None where ``rabbitmqctl`` is not at hand."""
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        return None
+    return await asyncio.to_thread(
+        subprocess.run,
+        [ctl, "close_all_connections", "-p", vhost, reason],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@asynccontextmanager
+async def chat_store(database_url: str) -> AsyncIterator[ChatStore]:
+    """A ``ChatStore`` on a pool of its own (2 connections) for a test that drives the store directly;
+    the pool is closed on the way out."""
+    pool = await create_pool(database_url, max_size=2)
+    try:
+        yield ChatStore(pool)
+    finally:
+        await pool.close()
 
 
 async def make_database(base_url: str) -> tuple[str, str]:
