@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import websockets
@@ -54,33 +56,27 @@ class Hooks(Protocol):
     def gave_up(self, error: ChatClientError) -> None: ...
 
 
+@dataclass(slots=True)
 class Link:
-    def __init__(
-        self,
-        url: str,
-        token: str | TokenProvider,
-        hooks: Hooks,
-        *,
-        backoff: Backoff,
-        open_timeout: float,
-        request_timeout: float,
-        options: dict[str, Any],
-    ) -> None:
-        self.url = url
-        self.token_source = token
-        self.hooks = hooks
-        self.backoff = backoff
-        self.open_timeout = open_timeout
-        self.request_timeout = request_timeout
-        self.options = options
-        self.ids = itertools.count(1)
-        self.ws: ClientConnection | None = None
-        self.reconnects = 0
-        self.last_close_code: int | None = None
-        self.fatal: ChatClientError | None = None
-        self.closing = False
-        self._connected = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
+    """One client's socket and its reader task (see the module's docstring)."""
+
+    url: str
+    token_source: str | TokenProvider
+    hooks: Hooks
+    backoff: Backoff
+    open_timeout: float
+    request_timeout: float
+    options: dict[str, Any]
+    """``websockets.connect`` options."""
+    ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    """request ids, shared by every frame this client sends."""
+    ws: ClientConnection | None = None
+    reconnects: int = 0
+    last_close_code: int | None = None
+    fatal: ChatClientError | None = None
+    closing: bool = False
+    _connected: asyncio.Event = field(default_factory=asyncio.Event)
+    _reader: asyncio.Task[None] | None = None
 
     @property
     def opened(self) -> bool:

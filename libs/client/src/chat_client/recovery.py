@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chat_client.answer import Answer, AnswerEnd
@@ -37,25 +38,17 @@ def _progress(answer: Answer) -> tuple[int | None, int]:
     return answer.last_seq, len(answer._parts)
 
 
+@dataclass(slots=True)
 class Recovery:
-    def __init__(
-        self,
-        chat: Chat,
-        routing: Routing,
-        spawn: Callable[[Coroutine[Any, Any, None]], None],
-        *,
-        resume_timeout: float,
-        recover_within: float,
-    ) -> None:
-        self.chat = chat
-        self.routing = routing
-        self._spawn = spawn
-        self.resume_timeout = resume_timeout
-        self.recover_within = recover_within
-        self._until = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._progress: dict[int, tuple[int | None, int]] = {}
-        self.closed = False
+    chat: Chat
+    routing: Routing
+    spawn: Callable[[Coroutine[Any, Any, None]], None]
+    resume_timeout: float
+    recover_within: float
+    closed: bool = False
+    _until: float = 0.0
+    _timer: asyncio.TimerHandle | None = None
+    _progress: dict[int, tuple[int | None, int]] = field(default_factory=dict)
 
     def streaming(self) -> Answer | None:
         """The latest started, unfinished answer of the current chat: the one a rejoin asks to resume."""
@@ -103,7 +96,7 @@ class Recovery:
         if self._timer is not None:
             self._timer.cancel()
         self._progress = {a.request_id: _progress(a) for a in self.routing.open_answers() if not a.done}
-        self._timer = asyncio.get_running_loop().call_later(self.resume_timeout, lambda: self._spawn(self._check()))
+        self._timer = asyncio.get_running_loop().call_later(self.resume_timeout, lambda: self.spawn(self._check()))
 
     def _stored(self, answer: Answer) -> HistoryMessage | None:
         after_question = False

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from chat_client.errors import ChatClientError
@@ -18,22 +19,15 @@ from chat_client.policy import TokenProvider, refresh_delay, token_expiry
 logger = logging.getLogger("chat_client")
 
 
+@dataclass(slots=True)
 class TokenRefresh:
-    def __init__(
-        self,
-        source: str | TokenProvider,
-        refresh: Callable[[], Awaitable[float]],
-        spawn: Callable[[Coroutine[Any, Any, None]], None],
-        *,
-        margin: float,
-    ) -> None:
-        self.source = source
-        self._refresh = refresh
-        self._spawn = spawn
-        self.margin = margin
-        self.expires_at: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self.closed = False
+    source: str | TokenProvider
+    refresh: Callable[[], Awaitable[float]]
+    spawn: Callable[[Coroutine[Any, Any, None]], None]
+    margin: float
+    expires_at: float | None = None
+    closed: bool = False
+    _timer: asyncio.TimerHandle | None = None
 
     def schedule(self, token: str, expires_at: float | None) -> None:
         """``token`` is in use now (expiring at ``expires_at``, else at its own ``exp``)."""
@@ -56,11 +50,11 @@ class TokenRefresh:
 
     def _due(self) -> None:
         self._timer = None
-        self._spawn(self._quietly())
+        self.spawn(self._quietly())
 
     async def _quietly(self) -> None:
         try:
-            await self._refresh()
+            await self.refresh()
         except (ChatClientError, TimeoutError) as exc:
             # the gateway closes the connection when the token expires; the reconnect takes a new one
             logger.warning("token refresh failed: %s", exc)

@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import uuid
-from typing import Annotated, Literal, TypeVar, overload
+from typing import Annotated, ClassVar, Literal, TypeVar, overload
 
 from pydantic import (
     AliasChoices,
@@ -57,8 +57,20 @@ def max_frame_for(message_length: int) -> int:
     return 4 * message_length + FRAME_ENVELOPE_BYTES
 
 
+class Seconds:
+    """A millisecond setting in seconds: ``request_timeout_s = Seconds("request_timeout")``, converted in one place."""
+
+    __slots__ = ("field",)
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+
+    def __get__(self, instance: object, owner: type | None = None) -> float:
+        return float(getattr(instance, self.field)) / 1000
+
+
 class _Section(BaseSettings):
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True, ignored_types=(Seconds,))
 
 
 class ProcessSettings(_Section):
@@ -89,13 +101,8 @@ class ProcessSettings(_Section):
         """The original's ``DEBUG=websocket:*`` switch."""
         return bool(self.debug) and "websocket" in (self.debug or "")
 
-    @property
-    def heartbeat_interval_s(self) -> float:
-        return self.heartbeat_interval / 1000
-
-    @property
-    def shutdown_grace_s(self) -> float:
-        return self.shutdown_grace / 1000
+    heartbeat_interval_s: ClassVar[Seconds] = Seconds("heartbeat_interval")
+    shutdown_grace_s: ClassVar[Seconds] = Seconds("shutdown_grace")
 
 
 class BrokerSettings(_Section):
@@ -110,9 +117,7 @@ class BrokerSettings(_Section):
     """replies a gateway takes from its reply queue before it has read them; the rest wait in the
     broker (bounded by the queue's message TTL), not in the gateway's memory."""
 
-    @property
-    def publish_timeout_s(self) -> float:
-        return self.publish_timeout / 1000
+    publish_timeout_s: ClassVar[Seconds] = Seconds("publish_timeout")
 
 
 class DatabaseSettings(_Section):
@@ -132,13 +137,8 @@ class RequestSettings(_Section):
     history_limit: PositiveInt = 50
     """messages returned in ``history`` and, at most, sent to the model as context."""
 
-    @property
-    def request_timeout_s(self) -> float:
-        return self.request_timeout / 1000
-
-    @property
-    def resume_grace_s(self) -> float:
-        return self.resume_grace / 1000
+    request_timeout_s: ClassVar[Seconds] = Seconds("request_timeout")
+    resume_grace_s: ClassVar[Seconds] = Seconds("resume_grace")
 
 
 class EdgeSettings(_Section):
@@ -218,37 +218,14 @@ class EdgeSettings(_Section):
         """Sockets this process holds at most before they authenticate."""
         return max(1, int(self.ws_max_connections * self.ws_max_unauthenticated_share))
 
-    @property
-    def ws_cleanup_interval_s(self) -> float:
-        return self.ws_cleanup_interval / 1000
-
-    @property
-    def ws_inactive_timeout_s(self) -> float:
-        return self.ws_inactive_timeout / 1000
-
-    @property
-    def ws_auth_timeout_s(self) -> float:
-        return self.ws_auth_timeout / 1000
-
-    @property
-    def ws_ping_interval_s(self) -> float:
-        return self.ws_ping_interval / 1000
-
-    @property
-    def ws_send_timeout_s(self) -> float:
-        return self.ws_send_timeout / 1000
-
-    @property
-    def ws_handshake_timeout_s(self) -> float:
-        return self.ws_handshake_timeout / 1000
-
-    @property
-    def shutdown_spread_s(self) -> float:
-        return self.shutdown_spread / 1000
-
-    @property
-    def dev_token_ttl_s(self) -> float:
-        return self.dev_token_ttl / 1000
+    ws_cleanup_interval_s: ClassVar[Seconds] = Seconds("ws_cleanup_interval")
+    ws_inactive_timeout_s: ClassVar[Seconds] = Seconds("ws_inactive_timeout")
+    ws_auth_timeout_s: ClassVar[Seconds] = Seconds("ws_auth_timeout")
+    ws_ping_interval_s: ClassVar[Seconds] = Seconds("ws_ping_interval")
+    ws_send_timeout_s: ClassVar[Seconds] = Seconds("ws_send_timeout")
+    ws_handshake_timeout_s: ClassVar[Seconds] = Seconds("ws_handshake_timeout")
+    shutdown_spread_s: ClassVar[Seconds] = Seconds("shutdown_spread")
+    dev_token_ttl_s: ClassVar[Seconds] = Seconds("dev_token_ttl")
 
 
 class AuthSettings(_Section):
@@ -283,17 +260,9 @@ class AuthSettings(_Section):
             raise ValueError("'none' is never accepted")
         return value
 
-    @property
-    def jwt_jwks_cache_ttl_s(self) -> float:
-        return self.jwt_jwks_cache_ttl / 1000
-
-    @property
-    def jwt_jwks_refresh_interval_s(self) -> float:
-        return self.jwt_jwks_refresh_interval / 1000
-
-    @property
-    def jwt_jwks_timeout_s(self) -> float:
-        return self.jwt_jwks_timeout / 1000
+    jwt_jwks_cache_ttl_s: ClassVar[Seconds] = Seconds("jwt_jwks_cache_ttl")
+    jwt_jwks_refresh_interval_s: ClassVar[Seconds] = Seconds("jwt_jwks_refresh_interval")
+    jwt_jwks_timeout_s: ClassVar[Seconds] = Seconds("jwt_jwks_timeout")
 
 
 class LLMSettings(_Section):
@@ -330,9 +299,7 @@ class LLMSettings(_Section):
     def provider(self) -> Literal["openai", "fake"]:
         return self.llm_provider or "fake"
 
-    @property
-    def fake_llm_first_token_ms_s(self) -> float:
-        return self.fake_llm_first_token_ms / 1000
+    fake_llm_first_token_s: ClassVar[Seconds] = Seconds("fake_llm_first_token_ms")
 
 
 class HealthSettings(_Section):
@@ -367,25 +334,11 @@ class HealthSettings(_Section):
     """where operators open a trace: ``{JAEGER_UI_URL}/trace/{trace id}``."""
     monitor_port: Annotated[int, Field(ge=0, le=65535)] = 3100
 
-    @property
-    def health_window_s(self) -> float:
-        return self.health_window / 1000
-
-    @property
-    def health_backlog_growth_window_s(self) -> float:
-        return self.health_backlog_growth_window / 1000
-
-    @property
-    def alert_webhook_timeout_s(self) -> float:
-        return self.alert_webhook_timeout / 1000
-
-    @property
-    def alert_clear_delay_s(self) -> float:
-        return self.alert_clear_delay / 1000
-
-    @property
-    def instance_silence_timeout_s(self) -> float:
-        return self.instance_silence_timeout / 1000
+    health_window_s: ClassVar[Seconds] = Seconds("health_window")
+    health_backlog_growth_window_s: ClassVar[Seconds] = Seconds("health_backlog_growth_window")
+    alert_webhook_timeout_s: ClassVar[Seconds] = Seconds("alert_webhook_timeout")
+    alert_clear_delay_s: ClassVar[Seconds] = Seconds("alert_clear_delay")
+    instance_silence_timeout_s: ClassVar[Seconds] = Seconds("instance_silence_timeout")
 
 
 class GatewaySettings(

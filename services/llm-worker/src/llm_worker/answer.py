@@ -78,22 +78,18 @@ async def with_store_retry(request: ChatRequest, operation: Callable[[], Awaitab
             delay = min(delay * 2, 2.0)
 
 
+@dataclass(slots=True)
 class Answerer:
-    def __init__(
-        self,
-        settings: WorkerSettings,
-        store: ChatStore,
-        provider: LLMProvider,
-        prompts: dict[str, str],
-        metrics: WorkerMetrics,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.provider = provider
-        self.prompts = prompts
-        self.metrics = metrics
-        self.answers = GroupCommit(store.add_assistant_messages, data_errors=DATA_ERRORS)
-        """the answers of concurrent requests stored in one statement; its writer runs in ``__main__``."""
+    settings: WorkerSettings
+    store: ChatStore
+    provider: LLMProvider
+    prompts: dict[str, str]
+    metrics: WorkerMetrics
+    answers: GroupCommit[AnswerRow, bool] = field(init=False)
+    """the answers of concurrent requests stored in one statement; its writer runs in ``__main__``."""
+
+    def __post_init__(self) -> None:
+        self.answers = GroupCommit(self.store.add_assistant_messages, data_errors=DATA_ERRORS)
 
     async def prompt(self, request: ChatRequest) -> list[PromptMessage]:
         history = await self.store.history(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pydantic
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
@@ -20,7 +21,7 @@ from opentelemetry.trace import Span
 from chat_common.broker import now_ms
 from chat_common.envelopes import ChatRequest
 from chat_common.errors import ErrorCode
-from chat_common.store import DATA_ERRORS, UNAVAILABLE_ERRORS
+from chat_common.store import DATA_ERRORS, UNAVAILABLE_ERRORS, ChatStore
 from llm_worker.active import ActiveAnswers
 from llm_worker.answer import Answerer, with_store_retry
 from llm_worker.control import ResumeBook
@@ -41,29 +42,23 @@ def attempt_of(message: AbstractIncomingMessage) -> int:
     return count + 1
 
 
+@dataclass(slots=True)
 class RequestConsumer:
     """Owns the answering tasks (``tasks``, a supervised set the shutdown waits for)."""
 
-    def __init__(
-        self,
-        answerer: Answerer,
-        active: ActiveAnswers,
-        resumes: ResumeBook,
-        metrics: WorkerMetrics,
-        *,
-        replies: Callable[[], AbstractExchange],
-        connected: Callable[[], bool],
-        publish_timeout_s: float,
-    ) -> None:
-        self.answerer = answerer
-        self.store = answerer.store
-        self.active = active
-        self.resumes = resumes
-        self.metrics = metrics
-        self._replies = replies
-        self._connected = connected
-        self.publish_timeout_s = publish_timeout_s
-        self.tasks: set[asyncio.Task[None]] = set()
+    answerer: Answerer
+    active: ActiveAnswers
+    resumes: ResumeBook
+    metrics: WorkerMetrics
+    replies: Callable[[], AbstractExchange]
+    """the reply exchange (declared once the worker is connected)."""
+    connected: Callable[[], bool]
+    publish_timeout_s: float
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def store(self) -> ChatStore:
+        return self.answerer.store
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         # the request's task runs inside its span: every span and log line of it joins the message's trace
@@ -106,7 +101,7 @@ class RequestConsumer:
             await self.answerer.fail_final(request, replies)
             raise Ack("data_error") from exc
         except Exception as exc:
-            if not self._connected():  # the broker went away mid-answer: it has the request back already
+            if not self.connected():  # the broker went away mid-answer: it has the request back already
                 logger.warning("request %s abandoned: broker connection lost (%r)", request.request_id, exc)
                 raise Abandon() from exc
             logger.exception("request %s failed; returned to the queue", request.request_id)
@@ -117,7 +112,7 @@ class RequestConsumer:
 
     def _reply_stream(self, request: ChatRequest, message: AbstractIncomingMessage) -> ReplyStream:
         replies = ReplyStream(
-            self._replies(), request, attempt=attempt_of(message), publish_timeout_s=self.publish_timeout_s
+            self.replies(), request, attempt=attempt_of(message), publish_timeout_s=self.publish_timeout_s
         )
         moved = self.resumes.latest(request)
         if moved is not None and moved.connection_id is not None and moved.reply_to is not None:

@@ -15,6 +15,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pydantic
 from aio_pika.abc import AbstractIncomingMessage
@@ -63,11 +64,11 @@ class ResumeBook:
         return entry[1]
 
 
+@dataclass(slots=True)
 class Controls:
-    def __init__(self, active: ActiveAnswers, resumes: ResumeBook, *, resume_grace_s: float) -> None:
-        self.active = active
-        self.resumes = resumes
-        self.resume_grace_s = resume_grace_s
+    active: ActiveAnswers
+    resumes: ResumeBook
+    resume_grace_s: float
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pydantic
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
@@ -29,11 +30,12 @@ UNAVAILABLE_BACKOFF_S = 1.0
 once, and without a pause the notices of an outage would spin through this consumer."""
 
 
+@dataclass(slots=True)
 class DeadLetters:
-    def __init__(self, store: ChatStore, replies: Callable[[], AbstractExchange], metrics: WorkerMetrics) -> None:
-        self.store = store
-        self._replies = replies
-        self.metrics = metrics
+    store: ChatStore
+    replies: Callable[[], AbstractExchange]
+    """the reply exchange (declared once the worker is connected)."""
+    metrics: WorkerMetrics
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -62,7 +64,7 @@ class DeadLetters:
             request,
             lambda: self.store.mark_request(request.request_id, "failed", error_code=code, only_open=True),
         )
-        replies = ReplyStream(self._replies(), request, attempt=attempt_of(message))
+        replies = ReplyStream(self.replies(), request, attempt=attempt_of(message))
         text = "The request could not be completed" if code == ErrorCode.INTERNAL else DEFAULT_MESSAGES[code]
         await replies.error(code.value, text)
         self.metrics.record("dead_letter")

@@ -121,7 +121,7 @@ class FakeProvider:
     """
 
     def __init__(self, settings: LLMSettings) -> None:
-        self.first_token_s = settings.fake_llm_first_token_ms_s
+        self.first_token_s = settings.fake_llm_first_token_s
         self.tokens_per_second = settings.fake_llm_tokens_per_second
         self.answer_tokens = settings.fake_llm_answer_tokens
 
