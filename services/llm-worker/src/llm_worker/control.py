@@ -64,6 +64,8 @@ class ResumeBook:
 
 
 class Controls:
+    """Consumes ``chat.control``: acts on the answers of ``ActiveAnswers`` and notes resumes in the ``ResumeBook``."""
+
     def __init__(self, active: ActiveAnswers, resumes: ResumeBook, *, resume_grace_s: float) -> None:
         self.active = active
         self.resumes = resumes
