@@ -80,12 +80,8 @@ GATEWAY_SHUTDOWN_S = 35
 
 
 def worker_shutdown_grace_s() -> float:
-    """Seconds a stopping worker lets answers run before requeueing them (a setting, or a constant)."""
-    if "shutdown_grace" in Settings.model_fields:
-        return float(default_of("SHUTDOWN_GRACE")) / 1000
-    from llm_worker.__main__ import SHUTDOWN_GRACE_S  # before the setting existed
-
-    return float(SHUTDOWN_GRACE_S)
+    """Seconds a stopping worker lets answers run before requeueing them (``SHUTDOWN_GRACE``)."""
+    return float(default_of("SHUTDOWN_GRACE")) / 1000
 
 
 def workspace_members() -> dict[str, dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 ``RequestConsumer`` decides how each delivery ends (ack, requeue, dead-letter, abandon) and
 ``settle`` acts on it; these tests drive both with a delivery that records what was done to it,
-an answerer whose answer the test chooses, and a store that records what was written.
+an answerer whose answer the test chooses, and a store that records what was written. The
+dead-letter consumer settles the same way; the reaper's rounds run on a fake sleep.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from opentelemetry import trace
 
 from chat_common.envelopes import ChatRequest, ControlMessage
+from llm_worker import dead_letters, reaper
 from llm_worker.active import ActiveAnswers
 from llm_worker.answer import CancelScope
 from llm_worker.consumer import RequestConsumer, attempt_of
@@ -53,14 +55,18 @@ class Delivery:
 
 
 class Store:
-    def __init__(self) -> None:
+    def __init__(self, *, answer: object = None, away: bool = False) -> None:
         self.marked: list[tuple[str, str, str | None]] = []
+        self.answer = answer
+        self.away = away
 
     async def mark_request(self, request_id: str, status: str, *, error_code: str | None = None, **_: Any) -> None:
         self.marked.append((request_id, status, error_code))
 
-    async def get_answer(self, request_id: str) -> None:
-        return None
+    async def get_answer(self, request_id: str) -> object:
+        if self.away:
+            raise ConnectionRefusedError("PostgreSQL is away")
+        return self.answer
 
 
 class Answerer:
@@ -87,8 +93,11 @@ class Answerer:
 
 
 class Exchange:
-    async def publish(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    def __init__(self) -> None:
+        self.published: list[Any] = []
+
+    async def publish(self, message: Any, **kwargs: Any) -> None:
+        self.published.append(message)
 
 
 def _request(*, deadline_ms: int | None = None) -> ChatRequest:
@@ -250,3 +259,78 @@ def test_the_resume_book_forgets_after_a_requests_lifetime() -> None:
     assert book.latest(other_user) is None, "a resume moves only its own user's answer"
     now[0] += 61
     assert book.latest(request) is None
+
+
+def _dead_letters(store: Store) -> tuple[dead_letters.DeadLetters, Exchange, WorkerMetrics]:
+    exchange, metrics = Exchange(), WorkerMetrics()
+    return dead_letters.DeadLetters(store, lambda: exchange, metrics), exchange, metrics  # type: ignore[arg-type,return-value]
+
+
+async def test_a_dead_letter_is_recorded_as_failed_the_client_told_and_the_notice_acked() -> None:
+    consumer, exchange, metrics = _dead_letters(Store())
+    request = _request(deadline_ms=1)
+    expired = Delivery(request.model_dump_json().encode(), headers={"x-death": [{"reason": b"expired"}]})
+    await consumer.on_message(expired)  # type: ignore[arg-type]
+    assert expired.settled == [("ack", None)]
+    assert consumer.store.marked == [(request.request_id, "failed", "TIMEOUT")]  # type: ignore[attr-defined]
+    assert len(exchange.published) == 1, "the client is told"
+    assert _outcomes(metrics) == {"dead_letter": 1}
+
+
+async def test_a_dead_letter_answered_meanwhile_or_malformed_is_acked_silently() -> None:
+    for store, body in ((Store(answer=object()), _request().model_dump_json().encode()), (Store(), b"not json")):
+        consumer, exchange, metrics = _dead_letters(store)
+        delivery = Delivery(body)
+        await consumer.on_message(delivery)  # type: ignore[arg-type]
+        assert delivery.settled == [("ack", None)]
+        assert store.marked == []
+        assert exchange.published == []
+        assert _outcomes(metrics) == {}
+
+
+async def test_a_dead_letter_goes_back_to_its_queue_while_the_database_is_away(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dead_letters, "UNAVAILABLE_BACKOFF_S", 0)
+    consumer, exchange, _ = _dead_letters(Store(away=True))
+    delivery = Delivery(_request(deadline_ms=1).model_dump_json().encode())
+    await consumer.on_message(delivery)  # type: ignore[arg-type]
+    assert delivery.settled == [("nack", True)]
+    assert exchange.published == []
+
+
+async def test_a_dead_letter_ack_the_broker_cannot_take_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    consumer, _, _ = _dead_letters(Store())
+    await consumer.on_message(Delivery(b"not json", fail=True))  # type: ignore[arg-type]
+    assert [r.message for r in caplog.records if "not delivered" in r.message] == [
+        "dead letter m1: Ack not delivered to the broker (ConnectionError('channel closed'))"
+    ]
+
+
+class ReapStore:
+    def __init__(self, results: list[int | BaseException]) -> None:
+        self.results = results
+        self.asked: list[float] = []
+
+    async def fail_stale_requests(self, *, older_than_s: float) -> int:
+        self.asked.append(older_than_s)
+        result = self.results.pop(0)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+async def test_the_reaper_waits_a_margin_past_the_deadline_and_survives_a_failed_round() -> None:
+    store = ReapStore([RuntimeError("boom"), ConnectionRefusedError("away"), 3])
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        if len(slept) == 3:
+            raise asyncio.CancelledError
+        slept.append(seconds)
+
+    with pytest.raises(asyncio.CancelledError):
+        await reaper.reap_forever(store, request_timeout_s=120, sleep=sleep)  # type: ignore[arg-type]
+    assert slept == [60.0, 60.0, 60.0], "half the request timeout, at most a minute"
+    assert store.asked == [120 + reaper.REAP_MARGIN_S] * 3, "every round ran, after a failure too"
+    assert reaper.reap_interval(4) == 5.0

@@ -54,22 +54,31 @@ async def amain(settings: WorkerSettings, *, sampler: RequestSampler | None = No
     server = await serve_http(settings.internal_host, settings.worker_metrics_port, metrics.registry, health, not_ready)
     try:
         await worker.start()
-        async with asyncio.TaskGroup() as tasks:
-            beats = tasks.create_task(worker.heartbeats())
-            reaper = tasks.create_task(reap_forever(answerer.store, request_timeout_s=settings.request_timeout_s))
-            writer = tasks.create_task(answerer.answers.run())
-            logger.info("worker %s ready (provider %s)", settings.instance_id, settings.provider)
-            await stop.wait()
-            logger.info("worker %s stopping", settings.instance_id)
-            beats.cancel()
-            reaper.cancel()
-            await worker.farewell()
-            await worker.stop(grace_s=settings.shutdown_grace_s)
-            writer.cancel()  # after the answers it stores have finished
+        await _serve(worker, answerer, settings, stop)
     finally:
+        await worker.close()
         server.close()
         await provider.close()
         await pool.close()
+
+
+async def _serve(worker: Worker, answerer: Answerer, settings: WorkerSettings, stop: asyncio.Event) -> None:
+    """Run the worker's own tasks until ``stop``, then shut down in order: stop consuming, farewell
+    (no heartbeat after it), the answers in flight finish within the grace (or go back to the queue),
+    then the answers' writer stops (after the answers it stores), then the rest is cancelled."""
+    async with asyncio.TaskGroup() as tasks:
+        beats = tasks.create_task(worker.heartbeats())
+        reaper = tasks.create_task(reap_forever(answerer.store, request_timeout_s=settings.request_timeout_s))
+        writer = tasks.create_task(answerer.answers.run())
+        logger.info("worker %s ready (provider %s)", settings.instance_id, settings.provider)
+        await stop.wait()
+        logger.info("worker %s stopping", settings.instance_id)
+        await worker.stop_consuming()
+        beats.cancel()
+        await worker.farewell()
+        await worker.drain(grace_s=settings.shutdown_grace_s)
+        writer.cancel()
+        reaper.cancel()
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 class ActiveAnswers:
+    """Request id → the ``CancelScope`` of its answer (with its ``ReplyStream``); the in-flight gauge."""
+
     def __init__(self, metrics: WorkerMetrics) -> None:
         self.metrics = metrics
         self._scopes: dict[str, CancelScope] = {}

@@ -26,7 +26,7 @@ from llm_worker.active import ActiveAnswers
 from llm_worker.answer import Answerer, with_store_retry
 from llm_worker.control import ResumeBook
 from llm_worker.metrics import WorkerMetrics
-from llm_worker.outcomes import Abandon, Ack, Nack, Reject, Settled, settle, settle_cancelled
+from llm_worker.outcomes import Abandon, Ack, Nack, Reject, Settled, settle
 from llm_worker.replies import ReplyStream
 from llm_worker.tracing import start_process_span
 
@@ -73,7 +73,8 @@ class RequestConsumer:
         except Settled as decision:
             await settle(message, decision, metrics=self.metrics, span=span)
         except asyncio.CancelledError:
-            await settle_cancelled(message, span=span)
+            # shutdown, or the answer taken over: the request goes back to the queue even while cancelled
+            await asyncio.shield(settle(message, Nack(), metrics=self.metrics, span=span))
             raise
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:

@@ -66,6 +66,8 @@ class ResumeBook:
 
 @dataclass(slots=True)
 class Controls:
+    """Consumes ``chat.control``: acts on the answers of ``ActiveAnswers`` and notes resumes in the ``ResumeBook``."""
+
     active: ActiveAnswers
     resumes: ResumeBook
     resume_grace_s: float

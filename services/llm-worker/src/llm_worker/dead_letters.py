@@ -21,17 +21,21 @@ from chat_common.store import UNAVAILABLE_ERRORS, ChatStore
 from llm_worker.answer import with_store_retry
 from llm_worker.consumer import attempt_of
 from llm_worker.metrics import WorkerMetrics
+from llm_worker.outcomes import Ack, Nack, Settled, settle
 from llm_worker.replies import ReplyStream
 
 logger = logging.getLogger(__name__)
 
 UNAVAILABLE_BACKOFF_S = 1.0
-"""pause before a notice goes back to its queue while PostgreSQL is away: the broker redelivers it at
+"""pause before a notice goes back to its queue while PostgreSQL is away (after ``with_store_retry``
+gave up): a deliberate back-off, not synchronisation. The broker redelivers a requeued notice at
 once, and without a pause the notices of an outage would spin through this consumer."""
 
 
 @dataclass(slots=True)
 class DeadLetters:
+    """Consumes the dead-letter notices; each one settled once (``outcomes.settle``)."""
+
     store: ChatStore
     replies: Callable[[], AbstractExchange]
     """the reply exchange (declared once the worker is connected)."""
@@ -39,26 +43,30 @@ class DeadLetters:
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         try:
+            await self._handle(message)
+        except Settled as decision:
+            await settle(message, decision, metrics=self.metrics, label="dead letter")
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        """Raises the notice's outcome (``Ack``, or ``Nack`` while PostgreSQL is away); returns only by raising."""
+        try:
             request = ChatRequest.model_validate_json(message.body)
         except pydantic.ValidationError:
-            await message.ack()  # nothing to tell anyone: nobody can be named
-            return
+            raise Ack() from None  # nothing to tell anyone: nobody can be named
         try:
-            await self._fail(request, message)
-            await message.ack()
+            told = await self._fail(request, message)
         except UNAVAILABLE_ERRORS:
             await asyncio.sleep(UNAVAILABLE_BACKOFF_S)
-            try:
-                await message.nack(requeue=True)
-            except Exception as exc:  # noqa: BLE001 - the channel is gone: the broker redelivers
-                logger.warning("dead letter %s: requeue not delivered (%r)", request.request_id, exc)
+            raise Nack() from None
+        raise Ack("dead_letter" if told else None)
 
-    async def _fail(self, request: ChatRequest, message: AbstractIncomingMessage) -> None:
+    async def _fail(self, request: ChatRequest, message: AbstractIncomingMessage) -> bool:
+        """Record the request as failed and tell the client; False when its answer was stored meanwhile."""
         reason = _death_reason(message)
         code = ErrorCode.TIMEOUT if reason == "expired" else ErrorCode.INTERNAL
         stored = await with_store_retry(request, lambda: self.store.get_answer(request.request_id))
         if stored is not None:
-            return
+            return False
         logger.warning("request %s dead-lettered (%s): client told %s", request.request_id, reason, code)
         await with_store_retry(
             request,
@@ -67,7 +75,7 @@ class DeadLetters:
         replies = ReplyStream(self.replies(), request, attempt=attempt_of(message))
         text = "The request could not be completed" if code == ErrorCode.INTERNAL else DEFAULT_MESSAGES[code]
         await replies.error(code.value, text)
-        self.metrics.record("dead_letter")
+        return True
 
 
 def _death_reason(message: AbstractIncomingMessage) -> str:

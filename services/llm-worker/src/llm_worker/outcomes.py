@@ -4,13 +4,13 @@ As in faststream's acknowledgement middleware, the handler never acks: it raises
 ``Reject`` or ``Abandon``, and ``settle`` (the only caller of ``ack``/``nack``/``reject`` on a
 request) acts on it, counts the outcome, marks the request's span with it and ends the span. A
 failure of the settle itself (the channel closed meanwhile: the broker redelivers) is logged here,
-once, and never raised. ``CancelledError`` is not an outcome: the handler settles with a shielded
-``Nack`` and lets the cancellation go on.
+once, and never raised. ``CancelledError`` is not an outcome: the caller settles a cancelled
+handler with a shielded ``Nack`` and lets the cancellation go on. The request consumer and the
+dead-letter consumer both settle here; control messages are consumed without acks.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -49,8 +49,20 @@ class Abandon(Settled):
     the request back already; an ack on the old channel is impossible)."""
 
 
-async def settle(message: AbstractIncomingMessage, decision: Settled, *, metrics: WorkerMetrics, span: Span) -> None:
-    """Act on ``decision`` for ``message``, count its outcome, end the request's span."""
+async def settle(
+    message: AbstractIncomingMessage,
+    decision: Settled,
+    *,
+    metrics: WorkerMetrics,
+    span: Span | None = None,
+    label: str = "request",
+) -> None:
+    """Act on ``decision`` for ``message``, count its outcome, end the delivery's span (if it has one).
+
+    Never raises: a settle the broker cannot take (the channel closed meanwhile, so the broker
+    redelivers) is logged here, once. Called for a cancelled handler too (``Nack``: the request goes
+    back to the queue); the caller shields it and lets the cancellation go on.
+    """
     if decision.outcome is not None:
         metrics.record(decision.outcome, answer_ms=decision.answer_ms)
     try:
@@ -62,16 +74,7 @@ async def settle(message: AbstractIncomingMessage, decision: Settled, *, metrics
             await message.reject(requeue=False)
     except Exception as exc:  # noqa: BLE001 - the channel is gone: the broker redelivers, nothing to undo
         logger.warning(
-            "request %s: %s not delivered to the broker (%r)", message.message_id, type(decision).__name__, exc
+            "%s %s: %s not delivered to the broker (%r)", label, message.message_id, type(decision).__name__, exc
         )
-    end_process_span(span, outcome=decision.outcome, requeued=isinstance(decision, Nack))
-
-
-async def settle_cancelled(message: AbstractIncomingMessage, *, span: Span) -> None:
-    """The answering task was cancelled (shutdown, or the answer taken over): the request goes back
-    to the queue, even while the cancellation goes on."""
-    try:
-        await asyncio.shield(message.nack(requeue=True))
-    except Exception as exc:  # noqa: BLE001 - the channel is gone: the broker redelivers
-        logger.warning("request %s: requeue not delivered to the broker (%r)", message.message_id, exc)
-    end_process_span(span, outcome=None, requeued=True)
+    if span is not None:
+        end_process_span(span, outcome=decision.outcome, requeued=isinstance(decision, Nack))

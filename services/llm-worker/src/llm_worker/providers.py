@@ -2,6 +2,7 @@
 
 A provider turns a prompt into an async stream of ``Delta`` texts followed by one ``Finish``.
 Errors the caller should report as ``UPSTREAM_ERROR`` are raised as ``UpstreamError``.
+``make_provider`` wraps either in ``TracedProvider``, the one place of the ``llm.chat`` span.
 """
 
 from __future__ import annotations

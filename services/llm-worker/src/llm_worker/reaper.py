@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from chat_common.store import UNAVAILABLE_ERRORS, ChatStore
 
@@ -31,7 +32,14 @@ async def reap_once(store: ChatStore, *, request_timeout_s: float) -> int:
     return reaped
 
 
-async def reap_forever(store: ChatStore, *, request_timeout_s: float) -> None:
+async def reap_forever(
+    store: ChatStore, *, request_timeout_s: float, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
+) -> None:
+    """Reap every ``reap_interval`` until cancelled; a failed round is logged and the next one tries again
+    (the reaper shares the worker's task group: its failure must not stop the worker)."""
     while True:
-        await asyncio.sleep(reap_interval(request_timeout_s))
-        await reap_once(store, request_timeout_s=request_timeout_s)
+        await sleep(reap_interval(request_timeout_s))
+        try:
+            await reap_once(store, request_timeout_s=request_timeout_s)
+        except Exception:
+            logger.exception("reaping lost questions failed; trying again in %.0fs", reap_interval(request_timeout_s))

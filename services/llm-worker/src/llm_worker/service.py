@@ -5,8 +5,9 @@ Who owns what: ``RequestConsumer`` the answering tasks and their acks (``consume
 ``DeadLetters`` the requests the broker gave up on (``dead_letters``). Requests are consumed on one
 channel (prefetch ``WORKER_CONCURRENCY``); replies and controls share another, without confirms.
 
-On shutdown the worker stops consuming, lets in-flight answers finish within ``grace_s``, then
-returns the rest to the queue (nack with requeue) and closes the connection.
+On shutdown (``__main__`` calls the stages in order) the worker stops consuming
+(``stop_consuming``), says farewell, lets in-flight answers finish within the grace and returns the
+rest to the queue (``drain``: nack with requeue), and last closes the connection (``close``).
 """
 
 from __future__ import annotations
@@ -123,8 +124,8 @@ class Worker:
             tokens_total=self.metrics.tokens_by_kind(),
         )
 
-    async def stop(self, *, grace_s: float) -> None:
-        """Stop consuming, let in-flight answers finish within ``grace_s``, requeue the rest."""
+    async def stop_consuming(self) -> None:
+        """Take no new requests, notices or deliveries (``stopping`` from now on); idempotent."""
         self.stopping = True
         for queue, tag in self._consumers:
             try:
@@ -132,13 +133,21 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - the channel is gone: nothing is consumed on it anyway
                 logger.debug("consumer %s not cancelled (%r)", tag, exc)
         self._consumers.clear()
+
+    async def drain(self, *, grace_s: float) -> None:
+        """Let the answers in flight finish within ``grace_s``; cancel the rest (each goes back to the
+        queue: nack with requeue) and wait for them to have settled."""
         tasks = set(self.requests.tasks)
-        if tasks:
-            logger.info("waiting up to %.0fs for %d answers in flight", grace_s, len(tasks))
-            _, still_running = await asyncio.wait(tasks, timeout=grace_s)
-            for task in still_running:
-                task.cancel()
-            if still_running:
-                await asyncio.wait(still_running, timeout=5)
+        if not tasks:
+            return
+        logger.info("waiting up to %.0fs for %d answers in flight", grace_s, len(tasks))
+        _, still_running = await asyncio.wait(tasks, timeout=grace_s)
+        for task in still_running:
+            task.cancel()
+        if still_running:
+            await asyncio.wait(still_running, timeout=5)
+
+    async def close(self) -> None:
+        """Close the broker connection (after ``drain``: the answers' acks go out on it)."""
         if self.connection is not None:
             await self.connection.close()
