@@ -16,13 +16,15 @@ Contract:
   fail with ``ConnectionLost`` (a ``send`` not yet accepted included: it may or may not be stored).
 - A token provider is called again ``refresh_margin`` seconds before the token's ``exp`` (at most
   half-way through its life) and the new token is sent with ``refresh_token``.
+- ``fallback_urls`` are other gateways of the same service: each reconnect attempt goes to the next
+  of ``url`` and ``fallback_urls`` in turn, starting after the one that was lost (``connect`` uses ``url``).
 - ``close`` ends everything the client started; pending operations raise ``ClientClosed``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -58,8 +60,8 @@ class ChatClient:
         ping_interval: float | None = 20.0,
         max_size: int = 2**22,
         origin: str | None = None,
+        fallback_urls: Sequence[str] = (),
     ) -> None:
-        self.url = url
         self.chat_type: ChatType = chat_type
         self.chat_id = chat_id
         self.user_id: str | None = None
@@ -75,7 +77,7 @@ class ChatClient:
         options = {"compression": None, "open_timeout": open_timeout, "max_size": max_size, "origin": origin}
         options |= {"ping_interval": ping_interval, "ping_timeout": ping_interval, "close_timeout": 2}
         self._link = Link(
-            url,
+            (url, *fallback_urls),
             token,
             self,
             backoff=reconnect if reconnect is not None else Backoff(),
@@ -120,6 +122,11 @@ class ChatClient:
     def connected(self) -> bool:
         """Joined and usable now (false while reconnecting, after giving up and after ``close``)."""
         return self._link.connected and not self._closing
+
+    @property
+    def url(self) -> str:
+        """The gateway of the current socket (or of the last one): ``url`` or one of ``fallback_urls``."""
+        return self._link.url
 
     @property
     def reconnects(self) -> int:

@@ -2,7 +2,8 @@
 
 One reader task per client reads every frame and hands it to ``Hooks.dispatch``; when the socket
 drops it reconnects (``Backoff``), taking a new token from the provider each time, and rejoins with
-what ``Hooks.join_data`` says (the chat, the answer to resume). It gives up on ``ChatNotFound``, on
+what ``Hooks.join_data`` says (the chat, the answer to resume). With fallback URLs, each attempt
+goes to the next gateway in turn, starting after the one that was lost. It gives up on ``ChatNotFound``, on
 a refused fixed token, or when the backoff's attempts run out: then ``Hooks.gave_up`` is told and
 every later operation raises that error.
 """
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import websockets
@@ -57,7 +59,7 @@ class Hooks(Protocol):
 class Link:
     def __init__(
         self,
-        url: str,
+        urls: Sequence[str],
         token: str | TokenProvider,
         hooks: Hooks,
         *,
@@ -66,7 +68,9 @@ class Link:
         request_timeout: float,
         options: dict[str, Any],
     ) -> None:
-        self.url = url
+        self.urls = tuple(urls)
+        self.url = self.urls[0]
+        """the gateway of the current (or last) socket."""
         self.token_source = token
         self.hooks = hooks
         self.backoff = backoff
@@ -93,7 +97,7 @@ class Link:
     async def open(self) -> None:
         if self._reader is not None:
             raise RuntimeError("already open")
-        self.ws = await self._open_socket()
+        self.ws = await self._open_socket(self.url)
         self._connected.set()
         self._reader = asyncio.get_running_loop().create_task(self._read_forever(self.ws), name="chat-client-reader")
 
@@ -133,14 +137,15 @@ class Link:
             raise ConnectionLost("connection closed while sending", close_code=ws.close_code) from exc
         return ws
 
-    async def _open_socket(self) -> ClientConnection:
+    async def _open_socket(self, url: str) -> ClientConnection:
         token = await get_token(self.token_source)
-        ws = await websockets.connect(self.url, **self.options)
+        ws = await websockets.connect(url, **self.options)
         try:
             await self._join(ws, token)
         except BaseException:
             await ws.close()
             raise
+        self.url = url
         return ws
 
     async def _join(self, ws: ClientConnection, token: str) -> None:
@@ -187,11 +192,12 @@ class Link:
     async def _reconnect(self, cause: ConnectionLost) -> ClientConnection:
         policy = self.backoff
         attempt = 0
+        lost = self.urls.index(self.url)
         while policy.max_attempts is None or attempt < policy.max_attempts:
             await asyncio.sleep(policy.delay(attempt))
             attempt += 1
             try:
-                ws = await self._open_socket()
+                ws = await self._open_socket(self.urls[(lost + attempt) % len(self.urls)])
             except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
                 logger.info("reconnect attempt %d failed: %r", attempt, exc)
                 continue
