@@ -27,8 +27,6 @@ import asyncio
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from websockets.exceptions import ConnectionClosed
-
 from chat_client.answer import Answer, AnswerEnd
 from chat_client.connection import Link
 from chat_client.errors import ChatClientError, ClientClosed, ConnectionLost, ServerError
@@ -203,19 +201,7 @@ class ChatClient:
         return int(frame["timestamp"])
 
     async def _request(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
-        """Send a frame and return the ``data`` of the gateway's direct answer (matched by requestId)."""
-        await self._link.ready()
-        rid = next(self._link.ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._routing.waiting[rid] = future
-        try:
-            await self._link.send({"type": kind, "data": data, "requestId": rid})
-            async with asyncio.timeout(self.request_timeout):
-                return await future
-        except ConnectionClosed as exc:
-            raise ConnectionLost("connection closed while sending") from exc
-        finally:
-            self._routing.waiting.pop(rid, None)
+        return await self._link.request(kind, data, self._routing.waiting)
 
     async def _cancel_answer(self, answer: Answer) -> None:
         if answer.message_id is None and answer.user_message_id is None:
@@ -241,14 +227,7 @@ class ChatClient:
         data: dict[str, Any] = {"chatType": self.chat_type}
         if self.chat_id is not None:
             data["chatId"] = self.chat_id
-        streaming = self._recovery.streaming()
-        if streaming is not None:
-            data["messageId"] = streaming.message_id
-            if streaming.last_seq is not None:
-                data["lastSeq"] = streaming.last_seq
-                if streaming.attempt > 1:  # the sequence numbers count in this attempt
-                    data["attempt"] = streaming.attempt
-        return data
+        return data | self._recovery.resume_data()
 
     def joined(self, data: dict[str, Any], token: str) -> None:
         self.user_id = data.get("userId")

@@ -137,6 +137,25 @@ class Link:
             raise ConnectionLost("connection closed while sending", close_code=ws.close_code) from exc
         return ws
 
+    async def request(
+        self, kind: str, data: dict[str, Any], waiting: dict[int, asyncio.Future[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """Send a frame and return the ``data`` of the gateway's direct answer, which the router resolves
+        in ``waiting`` by requestId; the gateway's error frame is raised, ``TimeoutError`` after
+        ``request_timeout``."""
+        await self.ready()
+        rid = next(self.ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        waiting[rid] = future
+        try:
+            await self.send({"type": kind, "data": data, "requestId": rid})
+            async with asyncio.timeout(self.request_timeout):
+                return await future
+        except ConnectionClosed as exc:
+            raise ConnectionLost("connection closed while sending") from exc
+        finally:
+            waiting.pop(rid, None)
+
     async def _open_socket(self, url: str) -> ClientConnection:
         token = await get_token(self.token_source)
         ws = await websockets.connect(url, **self.options)
