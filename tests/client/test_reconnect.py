@@ -72,6 +72,34 @@ async def test_reconnects_after_the_gateway_restarts_and_keeps_the_chat(client_c
             await restarted.stop()
 
 
+async def test_reconnects_to_a_fallback_gateway_when_its_own_is_gone(
+    client_cluster: Cluster, client_gateway: ServiceProcess
+) -> None:
+    """``fallback_urls``: the client's gateway dies for good; the reconnect goes to the next URL, the
+    shared gateway, in the same chat, and ``url`` names it."""
+    own = await client_cluster.gateway(gateway_port=free_port(), **QUICK_STOP)
+    fallback = client_gateway.extra["ws_url"]
+    client = await ChatClient.connect(
+        own.extra["ws_url"],
+        make_token(f"lib-fallback-{uuid.uuid4().hex[:8]}"),
+        fallback_urls=[fallback],
+        reconnect=Backoff(initial=0.1, maximum=0.5, max_attempts=20),
+    )
+    try:
+        assert client.url == own.extra["ws_url"]
+        chat_id = client.chat_id
+        own.kill()
+        # the first attempt may come within milliseconds: wait for where the client ends, not for the gap
+        await eventually(lambda: client.connected and client.url == fallback, timeout=20, what="on the fallback")
+        assert client.reconnects == 1
+        assert client.chat_id == chat_id
+        end = await client.ask("[[tokens:2]] on the other gateway?")
+        assert end.finish_reason == "stop"
+    finally:
+        await client.close()
+        await own.stop()
+
+
 async def _connected(client: ChatClient, timeout: float = 20) -> bool:
     return bool(await eventually(lambda: client.connected, timeout=timeout, interval=0.02, what="the client connected"))
 

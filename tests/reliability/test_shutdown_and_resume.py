@@ -8,14 +8,18 @@ import asyncio
 import json
 import signal
 import time
+import uuid
+from dataclasses import dataclass
 
 import asyncpg
 from websockets.exceptions import ConnectionClosed
 
+import chat_client
+from chat_client import ChatClientError, ConnectionLost, HistoryMessage, ServerError
 from tests.reliability.helpers import assert_ledger, joined
 from tests.support.client import ChatClient, make_token
 from tests.support.cluster import Cluster
-from tests.support.resilient import Outcome, ResilientClient
+from tests.support.wait import eventually
 
 GRACEFUL_EXIT = (0, -signal.SIGTERM)
 """uvicorn re-raises the signal it handled once its shutdown is complete."""
@@ -114,23 +118,87 @@ async def test_gateway_sigterm_drains_and_a_cut_answer_resumes_on_another_gatewa
     assert sorted(outcome.values()) == [("complete", None, "complete")] * 2
 
 
+@dataclass
+class Outcome:
+    """Where one question of the rolling restart ended."""
+
+    question: str
+    result: str = "unknown"
+    """``answered``, ``failed`` (with ``code``), ``unknown`` (nothing conclusive in time: the stored ledger
+    decides) or ``unsent`` (the socket dropped before the gateway took it, and it is not stored)."""
+    code: str | None = None
+    user_message_id: str | None = None
+    garbled: bool = False
+    """the streamed chunks and the final content disagree (two attempts mixed, or a chunk lost)."""
+
+
+async def _ask(client: chat_client.ChatClient, text: str, *, timeout: float) -> Outcome:
+    """Ask one question and follow it to its outcome; resuming and the history are the library's work."""
+    outcome = Outcome(f"{text} #{uuid.uuid4().hex[:10]}")
+    try:
+        async with asyncio.timeout(timeout):
+            try:
+                answer = await client.send(outcome.question)
+            except ConnectionLost:
+                return await _unaccepted(client, outcome, timeout)
+            outcome.user_message_id = answer.user_message_id
+            end = await answer.result()
+    except TimeoutError:
+        return outcome
+    except ServerError as error:
+        outcome.result, outcome.code = "failed", error.code
+        return outcome
+    outcome.result = "answered"
+    outcome.garbled = not end.recovered and answer.text != end.content
+    return outcome
+
+
+async def _unaccepted(client: chat_client.ChatClient, outcome: Outcome, timeout: float) -> Outcome:
+    """The socket dropped before ``message_accepted``: the question may be stored. Once the client is back,
+    the chat's history says whether it is, and then holds its answer (or its failure)."""
+
+    async def stored() -> tuple[HistoryMessage | None, HistoryMessage | None]:
+        history = (await client.switch_chat(client.chat_id or "", client.chat_type)).history
+        index = next((i for i, m in enumerate(history) if m.role == "user" and m.content == outcome.question), None)
+        if index is None:
+            return None, None
+        after = history[index + 1] if index + 1 < len(history) else None
+        return history[index], after if after is not None and after.role == "assistant" else None
+
+    def settled(found: tuple[HistoryMessage | None, HistoryMessage | None]) -> bool:
+        user, reply = found
+        return user is None or reply is not None or user.status == "failed"
+
+    user, reply = await eventually(stored, timeout=timeout, interval=1.0, accept=settled, retry_on=(ChatClientError,))
+    if user is None:
+        outcome.result = "unsent"
+    else:
+        outcome.user_message_id = user.id
+        outcome.result = "answered" if reply is not None else "failed"
+    return outcome
+
+
 async def test_rolling_restart_of_every_process_loses_no_request(rel: Cluster, db: asyncpg.Connection) -> None:
     first_gateway, first_worker, second_gateway = await asyncio.gather(
         rel.gateway(SHUTDOWN_SPREAD=1000, SHUTDOWN_GRACE=2000), rel.worker(SHUTDOWN_GRACE=10000), rel.gateway()
     )
     urls = [first_gateway.extra["ws_url"], second_gateway.extra["ws_url"]]
     clients = [
-        ResilientClient(urls[i % 2 : i % 2 + 1] + urls[(i + 1) % 2 : (i + 1) % 2 + 1], make_token(f"rel-roll-{i}"))
+        await chat_client.ChatClient.connect(
+            urls[i % 2],
+            make_token(f"rel-roll-{i}"),
+            fallback_urls=[urls[(i + 1) % 2]],
+            reconnect=chat_client.Backoff(initial=0.2, maximum=2.0),
+            resume_timeout=1.0,
+        )
         for i in range(4)
     ]
-    for client in clients:
-        await client.start()
     stop = asyncio.Event()
 
-    async def converse(client: ResilientClient) -> list[Outcome]:
+    async def converse(client: chat_client.ChatClient) -> list[Outcome]:
         outcomes = []
         while not stop.is_set():
-            outcomes.append(await client.ask("rolling [[slow:60]] [[tokens:20]]", timeout=40))
+            outcomes.append(await _ask(client, "rolling [[slow:60]] [[tokens:20]]", timeout=40))
         return outcomes
 
     talks = [asyncio.create_task(converse(c)) for c in clients]

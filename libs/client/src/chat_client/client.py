@@ -16,16 +16,16 @@ Contract:
   fail with ``ConnectionLost`` (a ``send`` not yet accepted included: it may or may not be stored).
 - A token provider is called again ``refresh_margin`` seconds before the token's ``exp`` (at most
   half-way through its life) and the new token is sent with ``refresh_token``.
+- ``fallback_urls`` are other gateways of the same service: each reconnect attempt goes to the next
+  of ``url`` and ``fallback_urls`` in turn, starting after the one that was lost (``connect`` uses ``url``).
 - ``close`` ends everything the client started; pending operations raise ``ClientClosed``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
-
-from websockets.exceptions import ConnectionClosed
 
 from chat_client.answer import Answer, AnswerEnd
 from chat_client.connection import Link
@@ -58,8 +58,8 @@ class ChatClient:
         ping_interval: float | None = 20.0,
         max_size: int = 2**22,
         origin: str | None = None,
+        fallback_urls: Sequence[str] = (),
     ) -> None:
-        self.url = url
         self.chat_type: ChatType = chat_type
         self.chat_id = chat_id
         self.user_id: str | None = None
@@ -75,7 +75,7 @@ class ChatClient:
         options = {"compression": None, "open_timeout": open_timeout, "max_size": max_size, "origin": origin}
         options |= {"ping_interval": ping_interval, "ping_timeout": ping_interval, "close_timeout": 2}
         self._link = Link(
-            url,
+            (url, *fallback_urls),
             token,
             self,
             backoff=reconnect if reconnect is not None else Backoff(),
@@ -120,6 +120,11 @@ class ChatClient:
     def connected(self) -> bool:
         """Joined and usable now (false while reconnecting, after giving up and after ``close``)."""
         return self._link.connected and not self._closing
+
+    @property
+    def url(self) -> str:
+        """The gateway of the current socket (or of the last one): ``url`` or one of ``fallback_urls``."""
+        return self._link.url
 
     @property
     def reconnects(self) -> int:
@@ -196,19 +201,7 @@ class ChatClient:
         return int(frame["timestamp"])
 
     async def _request(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
-        """Send a frame and return the ``data`` of the gateway's direct answer (matched by requestId)."""
-        await self._link.ready()
-        rid = next(self._link.ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._routing.waiting[rid] = future
-        try:
-            await self._link.send({"type": kind, "data": data, "requestId": rid})
-            async with asyncio.timeout(self.request_timeout):
-                return await future
-        except ConnectionClosed as exc:
-            raise ConnectionLost("connection closed while sending") from exc
-        finally:
-            self._routing.waiting.pop(rid, None)
+        return await self._link.request(kind, data, self._routing.waiting)
 
     async def _cancel_answer(self, answer: Answer) -> None:
         if answer.message_id is None and answer.user_message_id is None:
@@ -234,14 +227,7 @@ class ChatClient:
         data: dict[str, Any] = {"chatType": self.chat_type}
         if self.chat_id is not None:
             data["chatId"] = self.chat_id
-        streaming = self._recovery.streaming()
-        if streaming is not None:
-            data["messageId"] = streaming.message_id
-            if streaming.last_seq is not None:
-                data["lastSeq"] = streaming.last_seq
-                if streaming.attempt > 1:  # the sequence numbers count in this attempt
-                    data["attempt"] = streaming.attempt
-        return data
+        return data | self._recovery.resume_data()
 
     def joined(self, data: dict[str, Any], token: str) -> None:
         self.user_id = data.get("userId")

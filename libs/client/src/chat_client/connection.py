@@ -2,7 +2,8 @@
 
 One reader task per client reads every frame and hands it to ``Hooks.dispatch``; when the socket
 drops it reconnects (``Backoff``), taking a new token from the provider each time, and rejoins with
-what ``Hooks.join_data`` says (the chat, the answer to resume). It gives up on ``ChatNotFound``, on
+what ``Hooks.join_data`` says (the chat, the answer to resume). With fallback URLs, each attempt
+goes to the next gateway in turn, starting after the one that was lost. It gives up on ``ChatNotFound``, on
 a refused fixed token, or when the backoff's attempts run out: then ``Hooks.gave_up`` is told and
 every later operation raises that error.
 """
@@ -13,7 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -60,7 +61,8 @@ class Hooks(Protocol):
 class Link:
     """One client's socket and its reader task (see the module's docstring)."""
 
-    url: str
+    urls: Sequence[str]
+    """the gateway first, then the fallbacks a reconnect tries in turn."""
     token_source: str | TokenProvider
     hooks: Hooks
     backoff: Backoff
@@ -68,6 +70,8 @@ class Link:
     request_timeout: float
     options: dict[str, Any]
     """``websockets.connect`` options."""
+    url: str = field(init=False)
+    """the gateway of the current (or last) socket."""
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     """request ids, shared by every frame this client sends."""
     ws: ClientConnection | None = None
@@ -77,6 +81,10 @@ class Link:
     closing: bool = False
     _connected: asyncio.Event = field(default_factory=asyncio.Event)
     _reader: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.urls = tuple(self.urls)
+        self.url = self.urls[0]
 
     @property
     def opened(self) -> bool:
@@ -89,7 +97,7 @@ class Link:
     async def open(self) -> None:
         if self._reader is not None:
             raise RuntimeError("already open")
-        self.ws = await self._open_socket()
+        self.ws = await self._open_socket(self.url)
         self._connected.set()
         self._reader = asyncio.get_running_loop().create_task(self._read_forever(self.ws), name="chat-client-reader")
 
@@ -129,14 +137,34 @@ class Link:
             raise ConnectionLost("connection closed while sending", close_code=ws.close_code) from exc
         return ws
 
-    async def _open_socket(self) -> ClientConnection:
+    async def request(
+        self, kind: str, data: dict[str, Any], waiting: dict[int, asyncio.Future[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """Send a frame and return the ``data`` of the gateway's direct answer, which the router resolves
+        in ``waiting`` by requestId; the gateway's error frame is raised, ``TimeoutError`` after
+        ``request_timeout``."""
+        await self.ready()
+        rid = next(self.ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        waiting[rid] = future
+        try:
+            await self.send({"type": kind, "data": data, "requestId": rid})
+            async with asyncio.timeout(self.request_timeout):
+                return await future
+        except ConnectionClosed as exc:
+            raise ConnectionLost("connection closed while sending") from exc
+        finally:
+            waiting.pop(rid, None)
+
+    async def _open_socket(self, url: str) -> ClientConnection:
         token = await get_token(self.token_source)
-        ws = await websockets.connect(self.url, **self.options)
+        ws = await websockets.connect(url, **self.options)
         try:
             await self._join(ws, token)
         except BaseException:
             await ws.close()
             raise
+        self.url = url
         return ws
 
     async def _join(self, ws: ClientConnection, token: str) -> None:
@@ -183,11 +211,12 @@ class Link:
     async def _reconnect(self, cause: ConnectionLost) -> ClientConnection:
         policy = self.backoff
         attempt = 0
+        lost = self.urls.index(self.url)
         while policy.max_attempts is None or attempt < policy.max_attempts:
             await asyncio.sleep(policy.delay(attempt))
             attempt += 1
             try:
-                ws = await self._open_socket()
+                ws = await self._open_socket(self.urls[(lost + attempt) % len(self.urls)])
             except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
                 logger.info("reconnect attempt %d failed: %r", attempt, exc)
                 continue

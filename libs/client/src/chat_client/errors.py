@@ -31,11 +31,25 @@ class AnswerInterrupted(ChatClientError):
     """A reconnect cut a streaming answer off and neither resume nor history gave its end."""
 
 
+ERRORS_BY_CODE: dict[str, type[ServerError]] = {}
+"""The exception class of each error code of the spec; filled by the subclasses as they are defined."""
+
+
 class ServerError(ChatClientError):
-    """An ``error`` frame from the gateway. ``code`` is the spec's code, ``message`` its human text."""
+    """An ``error`` frame from the gateway. ``code`` is the spec's code, ``message`` its human text.
+
+    A subclass names its code in the class statement (``class Busy(ServerError, code="BUSY")``), which
+    registers it in ``ERRORS_BY_CODE``; ``closes_connection`` says the gateway closes the socket after it.
+    """
 
     code: str = "INTERNAL"
     closes_connection: bool = False
+
+    def __init_subclass__(cls, *, code: str | None = None, closes_connection: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code, cls.closes_connection = code, closes_connection
+            ERRORS_BY_CODE[code] = cls
 
     def __init__(
         self,
@@ -58,77 +72,52 @@ class ServerError(ChatClientError):
         return None if self.retry_after_ms is None else self.retry_after_ms / 1000
 
 
-class ServerAtCapacity(ServerError):
-    code = "SERVER_AT_CAPACITY"
-    closes_connection = True
+class ServerAtCapacity(ServerError, code="SERVER_AT_CAPACITY", closes_connection=True):
+    """The gateway holds all the connections it can; try again later (or another gateway)."""
 
 
-class TooManyConnections(ServerError):
-    code = "TOO_MANY_CONNECTIONS"
-    closes_connection = True
+class TooManyConnections(ServerError, code="TOO_MANY_CONNECTIONS", closes_connection=True):
+    """This user already holds as many connections as one user may."""
 
 
-class Unauthorized(ServerError):
-    code = "UNAUTHORIZED"
-    closes_connection = True
+class Unauthorized(ServerError, code="UNAUTHORIZED", closes_connection=True):
+    """A missing, malformed, forged or expired token (or a first frame that is not ``join_chat``)."""
 
 
-class PayloadTooLarge(ServerError):
-    code = "PAYLOAD_TOO_LARGE"
-    closes_connection = True
+class PayloadTooLarge(ServerError, code="PAYLOAD_TOO_LARGE", closes_connection=True):
+    """A frame larger than the gateway accepts."""
 
 
-class RateLimited(ServerError):
-    code = "RATE_LIMITED"
+class RateLimited(ServerError, code="RATE_LIMITED"):
+    """Too many messages in the window; ``retry_after`` says when the next is taken."""
 
 
-class MessageTooLong(ServerError):
-    code = "MESSAGE_TOO_LONG"
+class MessageTooLong(ServerError, code="MESSAGE_TOO_LONG"):
+    """The message's content is over the gateway's limit."""
 
 
-class InvalidMessage(ServerError):
-    code = "INVALID_MESSAGE"
+class InvalidMessage(ServerError, code="INVALID_MESSAGE"):
+    """A frame the gateway could not read or that breaks the protocol."""
 
 
-class ChatNotFound(ServerError):
-    code = "CHAT_NOT_FOUND"
+class ChatNotFound(ServerError, code="CHAT_NOT_FOUND"):
+    """The chat is unknown or another user's (the gateway does not say which)."""
 
 
-class Busy(ServerError):
-    code = "BUSY"
+class Busy(ServerError, code="BUSY"):
+    """No capacity to answer now; ``retry_after`` says when to try again."""
 
 
-class UpstreamError(ServerError):
-    code = "UPSTREAM_ERROR"
+class UpstreamError(ServerError, code="UPSTREAM_ERROR"):
+    """The language model failed to answer, after the worker's retries."""
 
 
-class RequestTimeout(ServerError):
+class RequestTimeout(ServerError, code="TIMEOUT"):
     """The gateway's ``TIMEOUT``: no answer within its request timeout."""
 
-    code = "TIMEOUT"
 
-
-class InternalError(ServerError):
-    code = "INTERNAL"
-
-
-ERRORS_BY_CODE: dict[str, type[ServerError]] = {
-    cls.code: cls
-    for cls in (
-        ServerAtCapacity,
-        TooManyConnections,
-        Unauthorized,
-        PayloadTooLarge,
-        RateLimited,
-        MessageTooLong,
-        InvalidMessage,
-        ChatNotFound,
-        Busy,
-        UpstreamError,
-        RequestTimeout,
-        InternalError,
-    )
-}
+class InternalError(ServerError, code="INTERNAL"):
+    """Something failed inside the gateway."""
 
 
 def server_error(data: dict[str, Any]) -> ServerError:

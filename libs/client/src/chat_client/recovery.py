@@ -56,6 +56,18 @@ class Recovery:
         candidates = [a for a in self.routing.open_answers() if a.message_id and a.chat_id == chat_id and not a.done]
         return candidates[-1] if candidates else None
 
+    def resume_data(self) -> dict[str, Any]:
+        """What a rejoin adds to ``join_chat`` to resume the answer being streamed: nothing if none is."""
+        streaming = self.streaming()
+        if streaming is None:
+            return {}
+        data: dict[str, Any] = {"messageId": streaming.message_id}
+        if streaming.last_seq is not None:
+            data["lastSeq"] = streaming.last_seq
+            if streaming.attempt > 1:  # the sequence numbers count in this attempt
+                data["attempt"] = streaming.attempt
+        return data
+
     def joined(self) -> None:
         """A (re)join answered: the recovery window starts now."""
         self._until = time.monotonic() + self.recover_within
