@@ -30,13 +30,13 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from chat_common.envelopes import ChatRequest, ControlMessage, ReplyHeaders
+from chat_common.envelopes import TERMINAL_KINDS, ChatRequest, ControlMessage, ReplyHeaders
 from chat_common.errors import ChatError, ErrorCode
 from chat_common.server_frames import error_frame
 from chat_gateway.connection import Connection
 from chat_gateway.metrics import GatewayMetrics
 from chat_gateway.refusals import Refusal
-from chat_gateway.tracing import end_message_span, reply_received
+from chat_gateway.tracing import end_message_span, trace_reply
 
 logger = logging.getLogger(__name__)
 
@@ -180,19 +180,22 @@ class InFlight:
         if not pending.accepts(headers):
             return True
         pending.phase = Phase.FORWARDING
-        connection.send(body.decode())
-        self.metrics.frames_sent[headers.kind].inc()
-        if headers.kind == "chunk":
-            if pending.first_chunk_at is None:
-                pending.first_chunk_at = self._clock()
-                self.metrics.record_first_chunk(pending.first_chunk_at - pending.started, pending.span)
-        elif headers.kind == "start":
-            if pending.span is not None:
-                pending.span.add_event("response_start")
-        else:
-            reply_received(pending.span, headers.kind)
+        first_chunk_s = None
+        if headers.kind == "chunk" and pending.first_chunk_at is None:
+            pending.first_chunk_at = self._clock()
+            first_chunk_s = pending.first_chunk_at - pending.started
+        error_code = response_ms = None
+        final = headers.kind in TERMINAL_KINDS and self._release(connection, pending)
+        if final:
             error_code = (headers.code or ErrorCode.UPSTREAM_ERROR.value) if headers.kind == "error" else None
-            self.finish(connection, pending, error_code=error_code)
+            response_ms = None if error_code else (self._clock() - pending.started) * 1000
+        self.metrics.record_reply(
+            headers.kind, first_chunk_s=first_chunk_s, final=final, error_code=error_code, response_ms=response_ms
+        )
+        trace_reply(
+            pending.span, headers.kind, first_chunk=first_chunk_s is not None, final=final, error_code=error_code
+        )
+        connection.send(body.decode())
         return True
 
     def _adopt(self, connection: Connection, headers: ReplyHeaders) -> PendingRequest | None:
@@ -210,21 +213,23 @@ class InFlight:
 
     def finish(self, connection: Connection, pending: PendingRequest, *, error_code: str | None) -> None:
         """The request is over for this connection: its timer stopped, its outcome recorded."""
-        if not self._close(connection, pending, error_code=error_code, outcome="error" if error_code else "complete"):
+        if not self._release(connection, pending):
             return
-        elapsed_ms = (self._clock() - pending.started) * 1000
-        self.metrics.record_outcome(error_code=error_code, response_ms=None if error_code else elapsed_ms)
-        if error_code:
-            self.metrics.errors.labels(error_code).inc()
+        response_ms = None if error_code else (self._clock() - pending.started) * 1000
+        self.metrics.record_finish(error_code=error_code, response_ms=response_ms)
+        end_message_span(pending.span, error_code=error_code, outcome="error" if error_code else "complete")
 
     def abandon(self, connection: Connection) -> bool:
         """The connection went away: end its requests without an outcome; whether it had any."""
         abandoned = [*connection.pending.values(), *connection.resumes.values()]
         for pending in abandoned:
-            self._close(connection, pending, error_code=None, outcome="abandoned")
+            if self._release(connection, pending):
+                self.metrics.in_flight.dec()
+                end_message_span(pending.span, error_code=None, outcome="abandoned")
         return bool(abandoned)
 
-    def _close(self, connection: Connection, pending: PendingRequest, *, error_code: str | None, outcome: str) -> bool:
+    def _release(self, connection: Connection, pending: PendingRequest) -> bool:
+        """Take ``pending`` off the books (its timer and resume wait too); False if it was already."""
         if pending.phase is Phase.FINISHED:
             return False
         pending.phase = Phase.FINISHED
@@ -236,8 +241,6 @@ class InFlight:
         if pending.timer is not None:
             pending.timer.cancel()
             pending.timer = None
-        self.metrics.in_flight.dec()
-        end_message_span(pending.span, error_code=error_code, outcome=outcome)
         return True
 
     def _stop_waiting(self, pending: PendingRequest) -> None:

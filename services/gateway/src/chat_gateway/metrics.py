@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from opentelemetry.trace import Span
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from chat_common.metrics import TimedFigure, counts_by_label, register_process_collectors
@@ -74,10 +73,28 @@ class GatewayMetrics:
         if response_ms is not None:
             self.response.observe_ms(response_ms)
 
-    def record_first_chunk(self, seconds: float, span: Span | None) -> None:
-        self.first.observe(seconds)
-        if span is not None:
-            span.add_event("first_chunk")
+    def record_finish(self, *, error_code: str | None, response_ms: float | None) -> None:
+        """A request is over (its answer ended, failed or timed out): no longer in flight."""
+        self.in_flight.dec()
+        self.record_outcome(error_code=error_code, response_ms=response_ms)
+        if error_code:
+            self.errors.labels(error_code).inc()
+
+    def record_reply(
+        self,
+        kind: str,
+        *,
+        first_chunk_s: float | None,
+        final: bool,
+        error_code: str | None,
+        response_ms: float | None,
+    ) -> None:
+        """One answer frame forwarded; ``final``: it ended its request."""
+        self.frames_sent[kind].inc()
+        if first_chunk_s is not None:
+            self.first.observe(first_chunk_s)
+        if final:
+            self.record_finish(error_code=error_code, response_ms=response_ms)
 
     def errors_by_code(self) -> dict[str, int]:
         return counts_by_label(self.errors, "code")

@@ -86,3 +86,17 @@ def use_span(span: Span, *, error_code: str | None = None) -> Iterator[Span]:
             if error_code is not None:
                 end_message_span(span, error_code=error_code, outcome="failed")
             raise
+
+
+def trace_reply(span: Span | None, kind: str, *, first_chunk: bool, final: bool, error_code: str | None) -> None:
+    """The message span's part of one forwarded frame: events for the start and the first chunk; the
+    final frame's ``chat.replies receive`` span, then the message span ended with the outcome."""
+    if span is None or not span.is_recording():
+        return
+    if kind == "start":
+        span.add_event("response_start")
+    elif first_chunk:
+        span.add_event("first_chunk")
+    elif final:
+        reply_received(span, kind)
+        end_message_span(span, error_code=error_code, outcome="error" if error_code else "complete")
