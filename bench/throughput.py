@@ -39,6 +39,9 @@ def stack_run(variant: str, args: argparse.Namespace) -> dict[str, Any]:
             WS_MAX_CONNECTIONS=args.users + 100,
             WS_RATE_LIMIT_MAX_MESSAGES=1_000_000,
             WS_MAX_CONNECTIONS_PER_USER=5,
+            # every user connects at once: with the default quarter of WS_MAX_CONNECTIONS for sockets
+            # not yet authenticated, a run could be refused SERVER_AT_CAPACITY before it starts
+            WS_MAX_UNAUTHENTICATED_SHARE=1,
         )
         for index in range(args.workers):
             running.worker(

@@ -19,6 +19,7 @@ from tests.gateway.conftest import connect, until_closed, user
 from tests.support.client import make_token
 from tests.support.cluster import Cluster
 from tests.support.processes import ServiceProcess, command
+from tests.support.wait import eventually
 
 DEV_SECRET = "dev-secret-change-me-in-production-0123456789"
 
@@ -162,14 +163,13 @@ async def test_jwks_keys_are_fetched_cached_rotated_and_refreshed_at_a_bounded_r
     assert jwks.fetches - before <= 1 + int(elapsed / interval_s), (jwks.fetches, before, elapsed)
 
     # a token with the new kid is accepted once the cooldown allows the refresh (bounded wait)
-    deadline = time.monotonic() + 10 * interval_s
-    result = ""
-    while time.monotonic() < deadline:
-        result = await outcome(url, signed(new, user("jwks"), "k-new"))
-        if result == "chat_joined":
-            break
-        await asyncio.sleep(interval_s / 4)
-    assert result == "chat_joined"
+    await eventually(
+        lambda: outcome(url, signed(new, user("jwks"), "k-new")),
+        accept=lambda result: result == "chat_joined",
+        timeout=10 * interval_s,
+        interval=interval_s / 4,
+        what="a token of the new key accepted",
+    )
     # the refreshed set no longer has the old key: a fresh token signed with it is refused
     assert await outcome(url, signed(old, user("jwks"), "k-old", jti="after-rotation")) == "UNAUTHORIZED"
     assert jwks.fetches <= 2 + int((time.monotonic() - started) / interval_s) + 1
