@@ -107,3 +107,12 @@ def test_urls_are_validated_where_they_are_read(monkeypatch: pytest.MonkeyPatch)
         load_settings(WorkerSettings)
     monkeypatch.setenv("DATABASE_URL", "postgresql://chat:chat@db:5432/chat")
     assert str(load_settings(WorkerSettings).database_url) == "postgresql://chat:chat@db:5432/chat"
+
+
+def test_an_empty_redis_url_means_no_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chat_common.settings import GatewaySettings
+
+    monkeypatch.setenv("REDIS_URL", "")
+    assert load_settings(GatewaySettings).redis_url is None
+    monkeypatch.setenv("REDIS_URL", "rediss://:pw@cache:6380/1")
+    assert str(load_settings(GatewaySettings).redis_url) == "rediss://:pw@cache:6380/1"

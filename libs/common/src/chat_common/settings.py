@@ -201,6 +201,12 @@ class EdgeSettings(_Section):
 
     _split_origins = field_validator("ws_allowed_origins", mode="before")(_split_commas)
 
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        """``REDIS_URL=`` (set, empty) means no Redis, as an unset one does."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @model_validator(mode="after")
     def _payload_carries_longest_message(self) -> EdgeSettings:
         needed = max_frame_for(self.ws_max_message_length)
