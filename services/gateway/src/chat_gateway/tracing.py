@@ -91,8 +91,8 @@ def use_span(span: Span, *, error_code: str | None = None) -> Iterator[Span]:
 def trace_reply(span: Span | None, kind: str, *, first_chunk: bool, final: bool, error_code: str | None) -> None:
     """The message span's part of one forwarded frame: events for the start and the first chunk; the
     final frame's ``chat.replies receive`` span, then the message span ended with the outcome."""
-    if span is None or not span.is_recording():
-        return
+    if span is None or not (kind == "start" or first_chunk or final) or not span.is_recording():
+        return  # most frames are later chunks: nothing to trace for them
     if kind == "start":
         span.add_event("response_start")
     elif first_chunk:
