@@ -388,8 +388,10 @@ async def fuzz(
     if log_path is not None:
         log = log_path.read_text(errors="replace")
         for marker in ("unexpected failure", "Exception in ASGI application", "Traceback"):
-            if marker in log:
-                report.problems.append(f"gateway log contains {marker!r}")
+            at = log.find(marker)
+            if at >= 0:
+                excerpt = log[max(0, at - 200) : at + 2500]
+                report.problems.append(f"gateway log contains {marker!r}:\n{excerpt}")
     if report.sentinel_answers != sentinels:
         report.problems.append(f"{sentinels - report.sentinel_answers} sentinel(s) without an answer")
     report.seconds = time.monotonic() - start

@@ -95,6 +95,17 @@ def test_near_valid_frames_and_their_truncations(value: dict[str, Any], data: st
     json.loads(error_frame(ChatError(ErrorCode.INVALID_MESSAGE), request_id))
 
 
+@settings(max_examples=300)
+@given(st.integers(min_value=-(2**64), max_value=2**64) | st.sampled_from([2**63, -(2**63) - 1, 2**63 - 1, -(2**63)]))
+def test_an_invalid_frame_with_any_integer_request_id_gets_a_valid_error(rid: int) -> None:
+    # the error of a frame that did not parse echoes its requestId only where the spec's range holds it
+    raw = '{"type":"nope","requestId":' + str(rid) + "}"
+    request_id = peek_request_id(raw)
+    assert request_id == (rid if -(2**63) <= rid < 2**63 else None)
+    echoed = json.loads(error_frame(ChatError(ErrorCode.INVALID_MESSAGE), request_id))
+    assert echoed.get("requestId") == request_id
+
+
 @given(st.integers(min_value=1, max_value=5000))
 def test_deep_nesting(depth: int) -> None:
     parse_or_refuse("[" * depth + "]" * depth)

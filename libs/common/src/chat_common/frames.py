@@ -151,7 +151,7 @@ def peek_request_id(raw: str | bytes) -> str | int | None:
         return None
     if isinstance(value, dict):
         rid = value.get("requestId")
-        if isinstance(rid, int) and not isinstance(rid, bool):
+        if isinstance(rid, int) and not isinstance(rid, bool) and -(2**63) <= rid < 2**63:
             return rid
         if isinstance(rid, str) and len(rid) <= 128:
             return rid
