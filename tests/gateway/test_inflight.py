@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from chat_common.envelopes import ChatRequest, ControlMessage, ReplyHeaders
+from chat_common.envelopes import ChatRequest, ControlMessage
 from chat_common.errors import ErrorCode
+from chat_common.reply_batch import Reply
 from chat_gateway.connection import Connection
 from chat_gateway.door import Door, DoorLimits
 from chat_gateway.inflight import RESUME_WAIT_S, InFlight, Phase
@@ -72,17 +73,9 @@ def _request(n: int = 1, connection_id: str = "c1") -> ChatRequest:
     )
 
 
-def _reply(kind: str, seq: int, *, n: int = 1, attempt: int = 1, code: str | None = None) -> tuple[ReplyHeaders, bytes]:
-    headers = ReplyHeaders(
-        kind=kind,  # type: ignore[arg-type]
-        connection_id="c1",
-        request_id=f"r{n}",
-        message_id=f"a{n}",
-        seq=seq,
-        attempt=attempt,
-        code=code,
-    )
-    return headers, json.dumps({"kind": kind, "seq": seq, "attempt": attempt}).encode()
+def _reply(kind: str, seq: int, *, n: int = 1, attempt: int = 1, code: str | None = None) -> Reply:
+    frame = json.dumps({"kind": kind, "seq": seq, "attempt": attempt})
+    return Reply(kind, "c1", f"r{n}", f"a{n}", seq, attempt, code, frame)
 
 
 async def _written(connection: Connection, socket: FakeSocket) -> list[tuple[str, int, int]]:
@@ -97,10 +90,10 @@ async def test_an_answer_is_forwarded_in_order_and_ends_the_request() -> None:
     assert h.in_flight() == 1
     assert pending.phase is Phase.OPEN
     for kind, seq in (("start", 0), ("chunk", 1), ("chunk", 2)):
-        assert h.inflight.deliver(connection, *_reply(kind, seq))
+        assert h.inflight.deliver(connection, _reply(kind, seq))
     assert pending.phase is Phase.FORWARDING
     h.clock.now += 0.5
-    assert h.inflight.deliver(connection, *_reply("end", 3))
+    assert h.inflight.deliver(connection, _reply("end", 3))
     assert await _written(connection, socket) == [("start", 0, 1), ("chunk", 1, 1), ("chunk", 2, 1), ("end", 3, 1)]
     assert pending.phase is Phase.FINISHED
     assert pending.timer is None
@@ -108,20 +101,20 @@ async def test_an_answer_is_forwarded_in_order_and_ends_the_request() -> None:
     assert h.in_flight() == 0
     assert h.metrics.window.figures().average_response_ms == pytest.approx(500.0)
     # the request is over: a late frame (a redelivery's) is nobody's here
-    assert not h.inflight.deliver(connection, *_reply("chunk", 4))
+    assert not h.inflight.deliver(connection, _reply("chunk", 4))
 
 
 async def test_duplicates_and_older_attempts_are_dropped_a_newer_attempt_restarts() -> None:
     h = Harness()
     connection, socket = h.connection()
     h.inflight.open(connection, _request(), span=None)
-    h.inflight.deliver(connection, *_reply("start", 0))
-    h.inflight.deliver(connection, *_reply("chunk", 1))
-    h.inflight.deliver(connection, *_reply("chunk", 1))  # the broker delivered it twice
-    h.inflight.deliver(connection, *_reply("start", 0, attempt=2))  # the first worker died
-    h.inflight.deliver(connection, *_reply("chunk", 2, attempt=1))  # its last frame, late
-    h.inflight.deliver(connection, *_reply("chunk", 1, attempt=2))
-    h.inflight.deliver(connection, *_reply("end", 2, attempt=2))
+    h.inflight.deliver(connection, _reply("start", 0))
+    h.inflight.deliver(connection, _reply("chunk", 1))
+    h.inflight.deliver(connection, _reply("chunk", 1))  # the broker delivered it twice
+    h.inflight.deliver(connection, _reply("start", 0, attempt=2))  # the first worker died
+    h.inflight.deliver(connection, _reply("chunk", 2, attempt=1))  # its last frame, late
+    h.inflight.deliver(connection, _reply("chunk", 1, attempt=2))
+    h.inflight.deliver(connection, _reply("end", 2, attempt=2))
     assert await _written(connection, socket) == [
         ("start", 0, 1),
         ("chunk", 1, 1),
@@ -136,8 +129,8 @@ async def test_an_error_ends_the_request_whatever_its_attempt_and_counts_its_cod
     h = Harness()
     connection, socket = h.connection()
     h.inflight.open(connection, _request(), span=None)
-    h.inflight.deliver(connection, *_reply("start", 0, attempt=2))
-    h.inflight.deliver(connection, *_reply("error", 0, attempt=1, code=ErrorCode.UPSTREAM_ERROR.value))
+    h.inflight.deliver(connection, _reply("start", 0, attempt=2))
+    h.inflight.deliver(connection, _reply("error", 0, attempt=1, code=ErrorCode.UPSTREAM_ERROR.value))
     assert await _written(connection, socket) == [("start", 0, 2), ("error", 0, 1)]
     assert connection.pending == {}
     assert h.metrics.errors_by_code() == {"UPSTREAM_ERROR": 1}
@@ -157,12 +150,12 @@ async def test_a_resume_waits_for_the_replay_and_the_replay_adopts_it() -> None:
     assert refused.value.code is ErrorCode.RATE_LIMITED
     assert refused.value.retry_after_ms == pytest.approx((RESUME_WAIT_S - 1.0) * 1000, abs=1)
     # the worker's replay names the new request id: the placeholder becomes that request
-    assert h.inflight.deliver(connection, *_reply("start", 0, n=1))
+    assert h.inflight.deliver(connection, _reply("start", 0, n=1))
     pending = connection.pending["r1"]
     assert pending.phase is Phase.FORWARDING
     assert connection.resumes == {}
     assert h.inflight.expect_resume(other, "a2"), "the replay arrived: resumes are free again"
-    h.inflight.deliver(connection, *_reply("end", 1))
+    h.inflight.deliver(connection, _reply("end", 1))
     assert await _written(connection, socket) == [("start", 0, 1), ("end", 1, 1)]
 
 
@@ -170,7 +163,7 @@ async def test_a_request_that_times_out_tells_the_client_and_stops_the_worker() 
     h = Harness()
     connection, socket = h.connection()
     pending = h.inflight.open(connection, _request(), span=None)
-    h.inflight.deliver(connection, *_reply("start", 0))
+    h.inflight.deliver(connection, _reply("start", 0))
     h.inflight.expire(connection, pending)  # what its timer does at REQUEST_TIMEOUT
     await h.inflight.close()
     await connection.drain()

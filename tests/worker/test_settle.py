@@ -17,6 +17,7 @@ import pytest
 from opentelemetry import trace
 
 from chat_common.envelopes import ChatRequest, ControlMessage
+from chat_common.reply_batch import Reply, decode_batch
 from llm_worker import dead_letters, reaper
 from llm_worker.active import ActiveAnswers
 from llm_worker.answer import CancelScope
@@ -24,6 +25,7 @@ from llm_worker.consumer import RequestConsumer, attempt_of
 from llm_worker.control import ResumeBook
 from llm_worker.metrics import WorkerMetrics
 from llm_worker.outcomes import Abandon, Ack, Nack, Reject, settle
+from llm_worker.reply_batcher import ReplyBatcher
 
 
 class Delivery:
@@ -92,12 +94,16 @@ class Answerer:
         self.failed_final.append(request.request_id)
 
 
-class Exchange:
-    def __init__(self) -> None:
-        self.published: list[Any] = []
+class Replies:
+    """The worker's reply batcher, publishing into a list."""
 
-    async def publish(self, message: Any, **kwargs: Any) -> None:
-        self.published.append(message)
+    def __init__(self) -> None:
+        self.published: list[tuple[str, list[Reply]]] = []
+        self.batcher = ReplyBatcher(self._publish)
+        self._task = asyncio.get_running_loop().create_task(self.batcher.run())
+
+    async def _publish(self, reply_to: str, body: bytes) -> None:
+        self.published.append((reply_to, decode_batch(body)))
 
 
 def _request(*, deadline_ms: int | None = None) -> ChatRequest:
@@ -122,9 +128,8 @@ def _consumer(answerer: Answerer, *, connected: bool = True) -> tuple[RequestCon
         ActiveAnswers(metrics),
         ResumeBook(keep_s=60),
         metrics,
-        replies=Exchange,  # type: ignore[arg-type]
+        replies=Replies().batcher,
         connected=lambda: connected,
-        publish_timeout_s=1.0,
     )
     return consumer, metrics
 
@@ -261,9 +266,9 @@ def test_the_resume_book_forgets_after_a_requests_lifetime() -> None:
     assert book.latest(request) is None
 
 
-def _dead_letters(store: Store) -> tuple[dead_letters.DeadLetters, Exchange, WorkerMetrics]:
-    exchange, metrics = Exchange(), WorkerMetrics()
-    return dead_letters.DeadLetters(store, lambda: exchange, metrics), exchange, metrics  # type: ignore[arg-type,return-value]
+def _dead_letters(store: Store) -> tuple[dead_letters.DeadLetters, Replies, WorkerMetrics]:
+    replies, metrics = Replies(), WorkerMetrics()
+    return dead_letters.DeadLetters(store, replies.batcher, metrics), replies, metrics  # type: ignore[arg-type]
 
 
 async def test_a_dead_letter_is_recorded_as_failed_the_client_told_and_the_notice_acked() -> None:
@@ -273,7 +278,9 @@ async def test_a_dead_letter_is_recorded_as_failed_the_client_told_and_the_notic
     await consumer.on_message(expired)  # type: ignore[arg-type]
     assert expired.settled == [("ack", None)]
     assert consumer.store.marked == [(request.request_id, "failed", "TIMEOUT")]  # type: ignore[attr-defined]
-    assert len(exchange.published) == 1, "the client is told"
+    assert [(to, [(r.kind, r.code) for r in batch]) for to, batch in exchange.published] == [
+        ("gw", [("error", "TIMEOUT")])
+    ], "the client is told"
     assert _outcomes(metrics) == {"dead_letter": 1}
 
 

@@ -1,8 +1,12 @@
 """One client connection: its identity, current chat and ordered, bounded output.
 
-Output goes through ``send``: frames are queued and written by a flusher task that exists only while
-there is something to write, so an idle connection costs no task, and frames from the session and
-from the reply consumer keep the order in which they were queued.
+Output goes through ``send``: frames are queued, and the frames queued in one turn of the event loop
+are written at its end in one socket write (``Peer.write_frames``: a reply batch's frames for this
+connection, or a history and its chat's frames, cost one syscall). When the socket cannot take them
+at once (its buffer over the high-water mark) a flusher task sends them one by one through ASGI,
+waiting for the socket; it exists only while there is something to wait for, so an idle connection
+costs no task. Frames from the session and from the reply consumer keep the order in which they were
+queued.
 
 A client that does not keep up is dropped, never waited for: what is queued for it (here and in the
 socket's write buffer) is bounded by ``WS_MAX_BUFFERED_BYTES``, and a close gets ``WS_SEND_TIMEOUT``
@@ -17,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -44,6 +48,10 @@ class Peer(Protocol):
         """Abort the socket now; the receive loop then sees a disconnect."""
         ...
 
+    def write_frames(self, texts: Iterable[str]) -> bool:
+        """Write text frames in one socket write now; False (nothing written) when it cannot now."""
+        ...
+
 
 class _NoPeer:
     """Under a server other than the gateway's own protocol: nothing buffered is visible, and a drop
@@ -57,6 +65,9 @@ class _NoPeer:
     def drop(self, reason: str) -> None:
         if self.on_drop is not None:
             self.on_drop(reason)
+
+    def write_frames(self, texts: Iterable[str]) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +121,8 @@ class Connection:
     """created with the flusher and dropped with it: an idle connection keeps no queue (a deque is
     over 600 bytes, a fifth of what a bare idle connection costs)."""
     _flusher: asyncio.Task[None] | None = None
+    _scheduled: asyncio.Handle | None = None
+    """the end-of-turn write of what was queued in this turn."""
     _queued_bytes: int = 0
     """UTF-8 bytes of the frames in ``_out``."""
 
@@ -133,8 +146,20 @@ class Connection:
             return
         out.append(text)
         self._queued_bytes += size
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush(out))
+        if self._flusher is None and self._scheduled is None:
+            self._scheduled = asyncio.get_running_loop().call_soon(self._write_queued)
+
+    def _write_queued(self) -> None:
+        """End of the turn: what was queued goes in one write, or to the flusher if the socket is full."""
+        self._scheduled = None
+        out = self._out
+        if out is None or not out or self._flusher is not None:
+            return
+        if self.peer.write_frames(out):
+            self._out = None
+            self._queued_bytes = 0
+            return
+        self._flusher = asyncio.get_running_loop().create_task(self._flush(out))
 
     def _drop(self, reason: str) -> None:
         self.closed = True
@@ -159,6 +184,8 @@ class Connection:
 
     async def drain(self, limit_s: float = 2.0) -> None:
         """Wait until the queued frames are written (or ``limit_s`` seconds)."""
+        if self._scheduled is not None:
+            await asyncio.sleep(0)  # the end-of-turn write was scheduled before this resumes: it runs first
         flusher = self._flusher
         if flusher is not None:
             with contextlib.suppress(Exception):

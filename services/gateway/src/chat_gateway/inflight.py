@@ -30,8 +30,9 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from chat_common.envelopes import TERMINAL_KINDS, ChatRequest, ControlMessage, ReplyHeaders
+from chat_common.envelopes import TERMINAL_KINDS, ChatRequest, ControlMessage
 from chat_common.errors import ChatError, ErrorCode
+from chat_common.reply_batch import Reply
 from chat_common.server_frames import error_frame
 from chat_gateway.connection import Connection
 from chat_gateway.metrics import GatewayMetrics
@@ -72,16 +73,16 @@ class PendingRequest:
     span: Span | None = None
     """the message's root span (``chat_gateway.tracing``), ended when the request is over."""
 
-    def accepts(self, headers: ReplyHeaders) -> bool:
-        """Whether the frame ``headers`` describes is forwarded: the stream moves to a newer attempt,
+    def accepts(self, reply: Reply) -> bool:
+        """Whether the frame ``reply`` is forwarded: the stream moves to a newer attempt,
         drops an older one's frames and the broker's duplicates; an ``error`` always goes."""
-        if headers.attempt > self.attempt:
+        if reply.attempt > self.attempt:
             if self.attempt:
-                logger.info("request %s restarted by attempt %d", headers.request_id, headers.attempt)
-            self.attempt, self.next_seq = headers.attempt, 0
-        elif headers.kind != "error" and (headers.attempt < self.attempt or headers.seq < self.next_seq):
+                logger.info("request %s restarted by attempt %d", reply.request_id, reply.attempt)
+            self.attempt, self.next_seq = reply.attempt, 0
+        elif reply.kind != "error" and (reply.attempt < self.attempt or reply.seq < self.next_seq):
             return False
-        self.next_seq = headers.seq + 1
+        self.next_seq = reply.seq + 1
         return True
 
 
@@ -169,43 +170,41 @@ class InFlight:
 
     # ------------------------------------------------------------------ forward
 
-    def deliver(self, connection: Connection, headers: ReplyHeaders, body: bytes) -> bool:
+    def deliver(self, connection: Connection, reply: Reply) -> bool:
         """Forward one reply frame to ``connection`` if its request is in flight there; False if no
         request of this connection waits for it (the caller tells the worker to stop)."""
         if connection.closed:
             return False
-        pending = connection.pending.get(headers.request_id) or self._adopt(connection, headers)
+        pending = connection.pending.get(reply.request_id) or self._adopt(connection, reply)
         if pending is None:
             return False
-        if not pending.accepts(headers):
+        if not pending.accepts(reply):
             return True
         pending.phase = Phase.FORWARDING
         first_chunk_s = None
-        if headers.kind == "chunk" and pending.first_chunk_at is None:
+        if reply.kind == "chunk" and pending.first_chunk_at is None:
             pending.first_chunk_at = self._clock()
             first_chunk_s = pending.first_chunk_at - pending.started
         error_code = response_ms = None
-        final = headers.kind in TERMINAL_KINDS and self._release(connection, pending)
+        final = reply.kind in TERMINAL_KINDS and self._release(connection, pending)
         if final:
-            error_code = (headers.code or ErrorCode.UPSTREAM_ERROR.value) if headers.kind == "error" else None
+            error_code = (reply.code or ErrorCode.UPSTREAM_ERROR.value) if reply.kind == "error" else None
             response_ms = None if error_code else (self._clock() - pending.started) * 1000
         self.metrics.record_reply(
-            headers.kind, first_chunk_s=first_chunk_s, final=final, error_code=error_code, response_ms=response_ms
+            reply.kind, first_chunk_s=first_chunk_s, final=final, error_code=error_code, response_ms=response_ms
         )
-        trace_reply(
-            pending.span, headers.kind, first_chunk=first_chunk_s is not None, final=final, error_code=error_code
-        )
-        connection.send(body.decode())
+        trace_reply(pending.span, reply.kind, first_chunk=first_chunk_s is not None, final=final, error_code=error_code)
+        connection.send(reply.frame)
         return True
 
-    def _adopt(self, connection: Connection, headers: ReplyHeaders) -> PendingRequest | None:
+    def _adopt(self, connection: Connection, reply: Reply) -> PendingRequest | None:
         """The worker's replay of a resumed answer: the placeholder becomes the request."""
-        pending = connection.resumes.pop(headers.message_id, None)
+        pending = connection.resumes.pop(reply.message_id, None)
         if pending is None:
             return None
         self._stop_waiting(pending)
-        pending.request_id, pending.phase = headers.request_id, Phase.OPEN
-        connection.pending[headers.request_id] = pending
+        pending.request_id, pending.phase = reply.request_id, Phase.OPEN
+        connection.pending[reply.request_id] = pending
         self._watch(connection, pending, self.request_timeout_s)
         return pending
 

@@ -1,7 +1,14 @@
-"""The reply consumer: each worker reply goes to the connection it names, or the worker is told to stop.
+"""The reply consumer: each worker frame goes to the connection it names, or the worker is told to stop.
+
+A reply message is a batch (header ``rb``, ``chat_common.reply_batch``): the frames a worker had for
+this gateway in one flush, of many answers and connections. It is decoded once and split here; a
+malformed batch is dropped whole before any connection is touched. A message without ``rb`` is one
+frame with its routing facts in the headers (``ReplyHeaders``: workers of an earlier release, during a
+rolling update).
 
 The callback does its bookkeeping before its first ``await``: aio-pika starts one task per
-delivery, in delivery order, so queueing the frame synchronously keeps the order of the stream.
+delivery, in delivery order, so queueing the frames synchronously keeps the order of each stream.
+Each connection's frames of one batch reach its socket in one write (``Connection.send``).
 What is forwarded, and when a request is over, is ``InFlight``'s decision (``chat_gateway.inflight``).
 """
 
@@ -9,10 +16,12 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
 from chat_common.envelopes import ControlMessage, ReplyHeaders
+from chat_common.reply_batch import BATCH_HEADER, MalformedBatch, Reply, decode_batch
 from chat_gateway.inflight import InFlight, PublishControl
 from chat_gateway.registry import ConnectionRegistry
 
@@ -20,6 +29,21 @@ logger = logging.getLogger(__name__)
 
 ORPHANS_REMEMBERED = 10_000
 """requests whose worker was told to stop, remembered so that it is told once (oldest forgotten first)."""
+
+
+def single_reply(headers: dict[str, Any], body: bytes) -> Reply:
+    """The one frame of a message without ``rb``; ``ValueError`` (or ``KeyError``) when it is not one."""
+    facts = ReplyHeaders.from_amqp(headers)
+    return Reply(
+        facts.kind,
+        facts.connection_id,
+        facts.request_id,
+        facts.message_id,
+        facts.seq,
+        facts.attempt,
+        facts.code,
+        body.decode(),
+    )
 
 
 class ReplyRouter:
@@ -30,30 +54,45 @@ class ReplyRouter:
         self._orphans: OrderedDict[str, None] = OrderedDict()
 
     async def on_reply(self, message: AbstractIncomingMessage) -> None:
+        headers: dict[str, Any] = dict(message.headers or {})
         try:
-            headers = ReplyHeaders.from_amqp(dict(message.headers or {}))
+            batch = BATCH_HEADER in headers
+            replies = decode_batch(message.body) if batch else [single_reply(headers, message.body)]
+        except MalformedBatch as exc:
+            logger.warning("reply batch dropped: %s", exc)
+            return
         except (KeyError, ValueError, TypeError):
             logger.warning("reply without valid routing headers dropped")
             return
-        connection = self.registry.get(headers.connection_id)
-        if connection is None or not self.inflight.deliver(connection, headers, message.body):
-            await self._orphan(headers)
+        orphans = self.route(replies)
+        for reply in orphans:
+            await self._orphan(reply)
 
-    async def _orphan(self, headers: ReplyHeaders) -> None:
+    def route(self, replies: list[Reply]) -> list[Reply]:
+        """Forward each frame; the frames nobody here waits for (their workers are to be told)."""
+        registry, deliver = self.registry, self.inflight.deliver
+        orphans = []
+        for reply in replies:
+            connection = registry.get(reply.connection_id)
+            if connection is None or not deliver(connection, reply):
+                orphans.append(reply)
+        return orphans
+
+    async def _orphan(self, reply: Reply) -> None:
         """Nobody waits for this answer here any more: ask the worker (once) to stop generating it.
 
         The worker waits ``RESUME_GRACE`` before it acts on a disconnect, for the client to resume.
         """
-        if headers.kind in ("end", "error") or headers.request_id in self._orphans:
+        if reply.kind in ("end", "error") or reply.request_id in self._orphans:
             return
-        self._orphans[headers.request_id] = None
+        self._orphans[reply.request_id] = None
         if len(self._orphans) > ORPHANS_REMEMBERED:
             self._orphans.popitem(last=False)
         await self._publish_control(
             ControlMessage(
                 kind="cancel",
-                request_id=headers.request_id,
-                connection_id=headers.connection_id,
+                request_id=reply.request_id,
+                connection_id=reply.connection_id,
                 reason="disconnected",
             )
         )

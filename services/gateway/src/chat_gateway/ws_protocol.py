@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, cast
 
 from uvicorn._types import ASGIReceiveEvent
@@ -232,6 +232,26 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
     def buffered_bytes(self) -> int:
         """Bytes written to the socket's transport and not yet taken by the kernel."""
         return self.transport.get_write_buffer_size()
+
+    def write_frames(self, texts: Iterable[str]) -> bool:
+        """Write ``texts`` as text frames in one socket write, now; False (nothing written) when the
+        socket cannot take them now (writing paused, closing, gone): the caller then sends them one
+        by one through ASGI, which waits for the socket as uvicorn does."""
+        if (
+            self.dropped is not None
+            or self.disconnected
+            or self.close_sent
+            or not self.handshake_complete
+            or self.initial_response is not None
+            or not self.writable.is_set()
+            or self.conn.state is not OPEN
+        ):
+            return False
+        conn = self.conn
+        for text in texts:
+            conn.send_text(text.encode())
+        self.transport.write(b"".join(conn.data_to_send()))
+        return True
 
     def drop(self, reason: str) -> None:
         """Abort the connection now (idempotent); the application sees a 1006 disconnect."""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pydantic
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage
 from opentelemetry.trace import Span
 
 from chat_common.broker import now_ms
@@ -28,6 +28,7 @@ from llm_worker.control import ResumeBook
 from llm_worker.metrics import WorkerMetrics
 from llm_worker.outcomes import Abandon, Ack, Nack, Reject, Settled, settle
 from llm_worker.replies import ReplyStream
+from llm_worker.reply_batcher import ReplyBatcher
 from llm_worker.tracing import start_process_span
 
 logger = logging.getLogger(__name__)
@@ -50,10 +51,8 @@ class RequestConsumer:
     active: ActiveAnswers
     resumes: ResumeBook
     metrics: WorkerMetrics
-    replies: Callable[[], AbstractExchange]
-    """the reply exchange (declared once the worker is connected)."""
+    replies: ReplyBatcher
     connected: Callable[[], bool]
-    publish_timeout_s: float
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -112,9 +111,7 @@ class RequestConsumer:
         raise Ack(outcome, answer_ms=answer_ms)
 
     def _reply_stream(self, request: ChatRequest, message: AbstractIncomingMessage) -> ReplyStream:
-        replies = ReplyStream(
-            self.replies(), request, attempt=attempt_of(message), publish_timeout_s=self.publish_timeout_s
-        )
+        replies = ReplyStream(self.replies, request, attempt=attempt_of(message))
         moved = self.resumes.latest(request)
         if moved is not None and moved.connection_id is not None and moved.reply_to is not None:
             # the client resumed this answer elsewhere before the previous attempt's worker died

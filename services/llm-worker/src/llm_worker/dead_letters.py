@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pydantic
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage
 
 from chat_common.envelopes import ChatRequest
 from chat_common.errors import DEFAULT_MESSAGES, ErrorCode
@@ -23,6 +22,7 @@ from llm_worker.consumer import attempt_of
 from llm_worker.metrics import WorkerMetrics
 from llm_worker.outcomes import Ack, Nack, Settled, settle
 from llm_worker.replies import ReplyStream
+from llm_worker.reply_batcher import ReplyBatcher
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,7 @@ class DeadLetters:
     """Consumes the dead-letter notices; each one settled once (``outcomes.settle``)."""
 
     store: ChatStore
-    replies: Callable[[], AbstractExchange]
-    """the reply exchange (declared once the worker is connected)."""
+    replies: ReplyBatcher
     metrics: WorkerMetrics
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
@@ -72,7 +71,7 @@ class DeadLetters:
             request,
             lambda: self.store.mark_request(request.request_id, "failed", error_code=code, only_open=True),
         )
-        replies = ReplyStream(self.replies(), request, attempt=attempt_of(message))
+        replies = ReplyStream(self.replies, request, attempt=attempt_of(message))
         text = "The request could not be completed" if code == ErrorCode.INTERNAL else DEFAULT_MESSAGES[code]
         await replies.error(code.value, text)
         return True

@@ -1,33 +1,31 @@
-"""Publish one answer's frames to the gateway that holds the client's connection.
+"""One answer's frames, addressed to the gateway that holds the client's connection.
 
-All frames of all answers of this worker go through one channel, so their order holds. Bodies are
-the client frames, encoded once here; the routing facts ride in the headers.
+Frames go into the worker's ``ReplyBatcher``, which sends every frame it has for one gateway in one
+AMQP message per flush (``chat_common.reply_batch``); the bodies are the client frames, encoded once
+here, with each frame's routing facts beside it. Adding a frame does not wait: an answer waits for
+the broker only for its last frame (``end`` or ``error``: it is acknowledged once that is sent, and
+every earlier frame of it with it) and while the batcher holds more than its budget.
+
+A frame whose batch could not be published (the broker away for longer than ``PUBLISH_TIMEOUT``)
+fails the answer at its next frame or at its end: the request goes back to the queue, as when a
+single publish failed.
 
 The stream keeps the chunks it sent (the coalesced ones, a few per second) so that a client that
 reconnects can be sent the rest: ``retarget`` switches the destination and replays the chunks after
-the sequence number the client saw, under the same lock as live publishes, so nothing interleaves.
+the sequence number the client saw. Adding is synchronous, so a replay and live frames never
+interleave.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
-import aio_pika
-from aio_pika.abc import AbstractExchange
-
-from chat_common.envelopes import ChatRequest, ReplyHeaders, ReplyKind
+from chat_common.envelopes import ChatRequest, ReplyKind
+from chat_common.reply_batch import Reply
 from chat_common.server_frames import error_data_frame, response_chunk_frame, response_end_frame, response_start_frame
 from chat_common.store import StoredAnswer
-
-CHANNEL_GONE: tuple[type[BaseException], ...] = (
-    aio_pika.exceptions.ChannelInvalidStateError,
-    aio_pika.exceptions.AMQPConnectionError,
-    aio_pika.exceptions.ChannelClosed,
-    ConnectionError,
-)
-RETRY_S = 0.2
+from llm_worker.reply_batcher import ReplyBatcher
 
 
 def usage_of(prompt_tokens: int | None, completion_tokens: int | None) -> dict[str, Any] | None:
@@ -42,52 +40,57 @@ def usage_of(prompt_tokens: int | None, completion_tokens: int | None) -> dict[s
 
 
 class ReplyStream:
-    def __init__(
-        self, exchange: AbstractExchange, request: ChatRequest, *, attempt: int, publish_timeout_s: float = 5.0
-    ) -> None:
-        self._exchange = exchange
+    def __init__(self, batcher: ReplyBatcher, request: ChatRequest, *, attempt: int) -> None:
+        self._batcher = batcher
         self._request = request
         self._attempt = attempt
-        self._timeout = publish_timeout_s
         self._seq = 0
-        self._lock = asyncio.Lock()
         self._sent: list[tuple[int, str]] = []
         """(seq, delta) of every chunk sent, for replays after a resume."""
+        self._unconfirmed: list[asyncio.Future[None]] = []
+        """the batches carrying this answer's frames that were not published yet."""
         self.connection_id = request.connection_id
         self.reply_to = request.reply_to
 
-    async def _send(self, kind: ReplyKind, frame: str, seq: int, code: str | None = None) -> None:
+    def _add(self, kind: ReplyKind, frame: str, seq: int, code: str | None = None) -> asyncio.Future[None]:
+        """Queue one frame; raises the failure of an earlier batch of this answer, if one failed."""
+        self._check()
         request = self._request
-        headers = ReplyHeaders(
-            kind=kind,
-            connection_id=self.connection_id,
-            request_id=request.request_id,
-            message_id=request.assistant_message_id,
-            seq=seq,
-            attempt=self._attempt,
-            code=code,
+        reply = Reply(
+            kind, self.connection_id, request.request_id, request.assistant_message_id, seq, self._attempt, code, frame
         )
-        message = aio_pika.Message(
-            frame.encode(), headers=headers.to_amqp(), delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT
-        )
-        give_up = time.monotonic() + self._timeout
-        while True:
-            try:
-                await self._exchange.publish(message, routing_key=self.reply_to, mandatory=False, timeout=self._timeout)
-                return
-            except CHANNEL_GONE:
-                # the channel is being restored after a reconnect (or the connection just dropped, and
-                # this answer is about to be abandoned): a failed reply must not cost a delivery
-                if time.monotonic() + RETRY_S > give_up:
-                    raise
-                await asyncio.sleep(RETRY_S)
+        done = self._batcher.add(self.reply_to, reply)
+        if not self._unconfirmed or self._unconfirmed[-1] is not done:
+            self._unconfirmed.append(done)
+        return done
 
-    async def _publish(self, kind: ReplyKind, build: Any, code: str | None = None) -> None:
-        """Publish the frame ``build(seq)`` with the next sequence number."""
-        async with self._lock:
-            seq = self._seq
-            self._seq += 1
-            await self._send(kind, build(seq), seq, code)
+    def _check(self) -> None:
+        """Forget the published batches; raise the error of one that failed."""
+        pending = []
+        for done in self._unconfirmed:
+            if not done.done():
+                pending.append(done)
+            elif (error := done.exception()) is not None:
+                raise error
+        self._unconfirmed = pending
+
+    async def _settled(self) -> None:
+        """Wait until every frame added so far is published (or raise why one was not)."""
+        if self._unconfirmed:
+            # ``wait``, not ``gather``: a batch's future is shared by every answer in it, and a
+            # cancelled answer must not cancel it for the others
+            await asyncio.wait(self._unconfirmed)
+        self._check()
+
+    async def _paced(self) -> None:
+        """While the batcher is over its budget, wait for this answer's frames to be published."""
+        if self._batcher.backlogged:
+            await self._settled()
+
+    def _next_seq(self) -> int:
+        seq = self._seq
+        self._seq += 1
+        return seq
 
     def _start_frame(self, *, resumed: bool = False) -> str:
         request = self._request
@@ -106,14 +109,14 @@ class ReplyStream:
         return response_chunk_frame({"messageId": self._request.assistant_message_id, "delta": delta, "seq": seq})
 
     async def start(self) -> None:
-        await self._publish("start", lambda _seq: self._start_frame())
+        self._add("start", self._start_frame(), self._next_seq())
+        await self._paced()
 
     async def chunk(self, delta: str) -> None:
-        async with self._lock:
-            seq = self._seq
-            self._seq += 1
-            self._sent.append((seq, delta))
-            await self._send("chunk", self._chunk_frame(delta, seq), seq)
+        seq = self._next_seq()
+        self._sent.append((seq, delta))
+        self._add("chunk", self._chunk_frame(delta, seq), seq)
+        await self._paced()
 
     async def end(self, content: str, *, finish_reason: str, usage: dict[str, Any] | None) -> None:
         data = {
@@ -122,11 +125,13 @@ class ReplyStream:
             "usage": usage,
             "finishReason": finish_reason,
         }
-        await self._publish("end", lambda _seq: response_end_frame(data))
+        self._add("end", response_end_frame(data), self._next_seq())
+        await self._settled()
 
     async def error(self, code: str, message: str) -> None:
         data = {"code": code, "message": message, "messageId": self._request.assistant_message_id}
-        await self._publish("error", lambda _seq: error_data_frame(data), code=code)
+        self._add("error", error_data_frame(data), self._next_seq(), code=code)
+        await self._settled()
 
     def redirect(self, connection_id: str, reply_to: str) -> None:
         """Address every frame from now on to another connection (before the first one is sent)."""
@@ -140,13 +145,13 @@ class ReplyStream:
         attempt (the request was redelivered meanwhile), the client gets this attempt from the
         start: an unmarked ``response_start`` with ``attempt``, which tells it to start over, and
         every chunk."""
-        async with self._lock:
-            self.connection_id, self.reply_to = connection_id, reply_to
-            same = seen_attempt == self._attempt
-            await self._send("start", self._start_frame(resumed=same), 0)
-            for seq, delta in self._sent:
-                if seq > (last_seq if same else -1):
-                    await self._send("chunk", self._chunk_frame(delta, seq), seq)
+        self.connection_id, self.reply_to = connection_id, reply_to
+        same = seen_attempt == self._attempt
+        self._add("start", self._start_frame(resumed=same), 0)
+        for seq, delta in self._sent:
+            if seq > (last_seq if same else -1):
+                self._add("chunk", self._chunk_frame(delta, seq), seq)
+        await self._paced()
 
     async def resend(self, stored: StoredAnswer) -> None:
         """Send a stored answer again as one start, one chunk and its end (or its error)."""

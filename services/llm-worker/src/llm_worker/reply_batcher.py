@@ -19,14 +19,48 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
-from chat_common.reply_batch import Reply, encode_batch
+import aio_pika
+from aio_pika.abc import AbstractExchange
+
+from chat_common.reply_batch import BATCH_HEADER, BATCH_VERSION, Reply, encode_batch
 
 logger = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes], Awaitable[None]]
 """publish one batch body to one gateway's reply queue (routing key); raises when it could not."""
+
+CHANNEL_GONE: tuple[type[BaseException], ...] = (
+    aio_pika.exceptions.ChannelInvalidStateError,
+    aio_pika.exceptions.AMQPConnectionError,
+    aio_pika.exceptions.ChannelClosed,
+    ConnectionError,
+)
+RETRY_S = 0.2
+
+
+def amqp_publisher(exchange: Callable[[], AbstractExchange], *, timeout_s: float) -> Publish:
+    """Publish batches on the reply exchange (not persistent, no confirm: a reply lost with the broker
+    is an answer the gateway times out, and the request is redelivered). While the channel is being
+    restored after a reconnect the publish is retried, for at most ``timeout_s``."""
+
+    async def publish(reply_to: str, body: bytes) -> None:
+        message = aio_pika.Message(
+            body, headers={BATCH_HEADER: BATCH_VERSION}, delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT
+        )
+        give_up = time.monotonic() + timeout_s
+        while True:
+            try:
+                await exchange().publish(message, routing_key=reply_to, mandatory=False, timeout=timeout_s)
+                return
+            except CHANNEL_GONE:
+                if time.monotonic() + RETRY_S > give_up:
+                    raise
+                await asyncio.sleep(RETRY_S)
+
+    return publish
 
 
 class _Round:

@@ -3,7 +3,8 @@
 Who owns what: ``RequestConsumer`` the answering tasks and their acks (``consumer``, ``outcomes``),
 ``ActiveAnswers`` the answers in flight (``active``), ``Controls`` cancel and resume (``control``),
 ``DeadLetters`` the requests the broker gave up on (``dead_letters``). Requests are consumed on one
-channel (prefetch ``WORKER_CONCURRENCY``); replies and controls share another, without confirms.
+channel (prefetch ``WORKER_CONCURRENCY``); replies (batched per gateway: ``ReplyBatcher``) and
+controls share another, without confirms.
 
 On shutdown (``__main__`` calls the stages in order) the worker stops consuming
 (``stop_consuming``), says farewell, lets in-flight answers finish within the grace and returns the
@@ -31,6 +32,7 @@ from llm_worker.consumer import RequestConsumer
 from llm_worker.control import Controls, ResumeBook
 from llm_worker.dead_letters import DeadLetters
 from llm_worker.metrics import WorkerMetrics
+from llm_worker.reply_batcher import ReplyBatcher, amqp_publisher
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ class Worker:
         self._replies: AbstractExchange | None = None
         self._telemetry: AbstractExchange | None = None
         self._consumers: list[tuple[AbstractQueue, str]] = []
+        self.batcher = ReplyBatcher(amqp_publisher(self._reply_exchange, timeout_s=settings.publish_timeout_s))
+        """every frame of every answer, one AMQP message per gateway per flush; ``run`` in ``__main__``."""
         self.active = ActiveAnswers(metrics)
         self.resumes = ResumeBook(keep_s=settings.request_timeout_s)
         self.controls = Controls(self.active, self.resumes, resume_grace_s=settings.resume_grace_s)
@@ -60,11 +64,10 @@ class Worker:
             self.active,
             self.resumes,
             metrics,
-            replies=self._reply_exchange,
+            replies=self.batcher,
             connected=lambda: self.connected,
-            publish_timeout_s=settings.publish_timeout_s,
         )
-        self.dead_letters = DeadLetters(answerer.store, self._reply_exchange, metrics)
+        self.dead_letters = DeadLetters(answerer.store, self.batcher, metrics)
         self.stopping = False
         """set by ``stop``: no new requests are taken."""
 
