@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 
 from chat_common.group_commit import GroupCommit
-from chat_common.store import DATA_ERRORS, AnswerRow, ChatStore
+from chat_common.store import DATA_ERRORS, AnswerRow, ChatStore, HistoryQuery, QuestionRow
 from tests.support.services import Services, chat_store
 
 
@@ -81,3 +81,56 @@ async def test_one_answer_with_bad_data_fails_alone(services: Services, db: asyn
             "SELECT request_id FROM messages WHERE chat_id = $1::uuid AND role = 'assistant'", chat_id
         )
         assert {str(r["request_id"]) for r in stored} == {requests[0], requests[2]}
+
+
+async def test_concurrent_questions_share_statements_keep_their_order_and_title_their_chats(
+    services: Services, db: asyncpg.Connection
+) -> None:
+    async with chat_store(services.database_url) as store:
+        chats = [await store.create_chat(f"questions-{uuid.uuid4().hex[:6]}", "messages") for _ in range(3)]
+        writer = GroupCommit(store.add_user_messages, data_errors=DATA_ERRORS)
+        task = asyncio.create_task(writer.run())
+        try:
+            rows = [
+                QuestionRow(str(uuid.uuid4()), chat.id, str(uuid.uuid4()), f"question {n} of {chat.id[:4]}")
+                for n in range(10)
+                for chat in chats
+            ]
+            results = await asyncio.wait_for(asyncio.gather(*(writer.submit(row) for row in rows)), 10)
+            assert results == [None] * len(rows)
+            assert writer.statements < len(rows), "concurrent questions were written one statement each"
+            # a question whose chat is gone fails alone: the one written with it is stored
+            missing_chat = QuestionRow(str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()), "no such chat")
+            late = QuestionRow(str(uuid.uuid4()), chats[0].id, str(uuid.uuid4()), "a late one")
+            refused, stored = await asyncio.wait_for(
+                asyncio.gather(writer.submit(missing_chat), writer.submit(late), return_exceptions=True), 10
+            )
+        finally:
+            task.cancel()
+        assert isinstance(refused, asyncpg.exceptions.ForeignKeyViolationError), refused
+        assert stored is None
+        for chat in chats:
+            history = await store.history(chat.id, limit=100)
+            late = ["a late one"] if chat is chats[0] else []
+            assert [m.content for m in history] == [f"question {n} of {chat.id[:4]}" for n in range(10)] + late
+            title = await db.fetchval("SELECT title FROM chats WHERE id = $1::uuid", chat.id)
+            assert title == f"question 0 of {chat.id[:4]}"
+
+
+async def test_histories_read_together_are_what_each_read_alone_returns(services: Services) -> None:
+    async with chat_store(services.database_url) as store:
+        chats = [await store.create_chat(f"histories-{uuid.uuid4().hex[:6]}", "messages") for _ in range(3)]
+        asked: list[tuple[str, str]] = []
+        for n in range(6):
+            for index, chat in enumerate(chats[: n % 3 + 1]):
+                message_id = str(uuid.uuid4())
+                await store.add_user_message(
+                    message_id=message_id, chat_id=chat.id, request_id=str(uuid.uuid4()), content=f"{n}/{index}"
+                )
+                asked.append((chat.id, message_id))
+        queries = [HistoryQuery(chat_id, message_id) for chat_id, message_id in asked]
+        together = await store.histories(queries, limit=4)
+        alone = [await store.history(q.chat_id, limit=4, up_to_message=q.up_to_message) for q in queries]
+        assert together == alone
+        assert any(len(h) == 4 for h in together), "the limit applies"
+        assert len(together[0]) == 1

@@ -60,6 +60,24 @@ class AnswerRow:
 
 
 @dataclass(frozen=True, slots=True)
+class QuestionRow:
+    """One user message to store (``ChatStore.add_user_messages``)."""
+
+    message_id: str
+    chat_id: str
+    request_id: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """The history a prompt needs (``ChatStore.histories``): a chat's latest messages up to one."""
+
+    chat_id: str
+    up_to_message: str
+
+
+@dataclass(frozen=True, slots=True)
 class Chat:
     id: str
     user_id: str
@@ -162,6 +180,33 @@ class ChatStore:
             for row in rows
         ]
 
+    async def histories(self, queries: list[HistoryQuery], *, limit: int) -> list[list[StoredMessage]]:
+        """For each query, what ``history(chat_id, limit=limit, up_to_message=...)`` returns: all of them
+        in one statement (the prompts of concurrent requests read together)."""
+        rows = await self.pool.fetch(
+            "SELECT q.ord, m.id, m.role, m.content, m.created_at, m.status"
+            " FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS q(chat_id, up_to, ord)"
+            " CROSS JOIN LATERAL (SELECT id, role, content, created_at, status, seq FROM messages"
+            " WHERE chat_id = q.chat_id AND seq <= (SELECT seq FROM messages WHERE id = q.up_to)"
+            " ORDER BY seq DESC LIMIT $3) m"
+            " ORDER BY q.ord, m.seq",
+            [uuid.UUID(query.chat_id) for query in queries],
+            [uuid.UUID(query.up_to_message) for query in queries],
+            limit,
+        )
+        found: list[list[StoredMessage]] = [[] for _ in queries]
+        for row in rows:
+            found[row["ord"] - 1].append(
+                StoredMessage(
+                    id=str(row["id"]),
+                    role=row["role"],
+                    content=row["content"],
+                    created_at=row["created_at"],
+                    status=row["status"],
+                )
+            )
+        return found
+
     async def history(self, chat_id: str, *, limit: int, up_to_message: str | None = None) -> list[StoredMessage]:
         """The latest ``limit`` messages of a chat, oldest first (up to and including a message)."""
         if up_to_message is None:
@@ -191,19 +236,27 @@ class ChatStore:
         ]
 
     async def add_user_message(self, *, message_id: str, chat_id: str, request_id: str, content: str) -> None:
-        # One statement (atomic by itself) instead of BEGIN, INSERT, UPDATE, COMMIT: a quarter of the
-        # round trips on the path of every message.
+        await self.add_user_messages([QuestionRow(message_id, chat_id, request_id, content)])
+
+    async def add_user_messages(self, rows: list[QuestionRow]) -> list[None]:
+        """Store many questions in one statement (atomic by itself), in their order: the inserts, and
+        each chat's ``updated_at`` and title (its first question's start) once, instead of BEGIN,
+        INSERT, UPDATE, COMMIT per question."""
         await self.pool.execute(
-            "WITH added AS ("
+            "WITH rows AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[])"
+            " WITH ORDINALITY AS r(id, chat_id, content, request_id, ord)),"
+            " added AS ("
             " INSERT INTO messages (id, chat_id, role, content, request_id, status)"
-            " VALUES ($1, $2, 'user', $3, $4, 'accepted') RETURNING chat_id)"
-            " UPDATE chats SET updated_at = clock_timestamp(), title = COALESCE(title, left($3, 80))"
-            " WHERE id = (SELECT chat_id FROM added)",
-            uuid.UUID(message_id),
-            uuid.UUID(chat_id),
-            content,
-            uuid.UUID(request_id),
+            " SELECT id, chat_id, 'user', content, request_id, 'accepted' FROM rows ORDER BY ord)"
+            " UPDATE chats c SET updated_at = clock_timestamp(), title = COALESCE(c.title, left(f.content, 80))"
+            " FROM (SELECT DISTINCT ON (chat_id) chat_id, content FROM rows ORDER BY chat_id, ord) f"
+            " WHERE c.id = f.chat_id",
+            [uuid.UUID(row.message_id) for row in rows],
+            [uuid.UUID(row.chat_id) for row in rows],
+            [row.content for row in rows],
+            [uuid.UUID(row.request_id) for row in rows],
         )
+        return [None] * len(rows)
 
     async def mark_request(
         self, request_id: str, status: MessageStatus, *, error_code: str | None = None, only_open: bool = False

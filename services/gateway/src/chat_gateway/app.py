@@ -79,6 +79,7 @@ def _lifespan(settings: GatewaySettings, verifier: TokenVerifier, samples: Reque
             app.state.gateway = state
             async with asyncio.TaskGroup() as tasks:
                 background = [
+                    tasks.create_task(state.questions.run()),
                     tasks.create_task(sweep_forever(state)),
                     tasks.create_task(
                         publish_heartbeats(

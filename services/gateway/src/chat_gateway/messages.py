@@ -1,9 +1,10 @@
 """A user's message from its frame to the broker: checks, the stored question, ``message_accepted``, the publish.
 
-Contract of ``send``: when ``message_accepted`` goes out the question is stored (it is in the
-history of every later join) and the request is in flight (``InFlight``); a failed publish then
-ends it with an error frame naming the message, and the stored question is marked
-failed. A check that refuses raises ``ChatError`` before anything is stored.
+Contract of ``send``: when ``message_accepted`` goes out the question is stored and committed (it is
+in the history of every later join; the questions of concurrent messages share one statement) and
+the request is in flight (``InFlight``); a failed publish then ends it with an error frame naming
+the message, and the stored question is marked failed. A check that refuses raises ``ChatError``
+before anything is stored.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from chat_common.broker import now_ms
 from chat_common.envelopes import ChatRequest, ControlMessage
 from chat_common.errors import ChatError, ErrorCode
 from chat_common.frames import Cancel, SendMessage
+from chat_common.group_commit import GroupCommit
 from chat_common.server_frames import message_accepted_frame
-from chat_common.store import UNAVAILABLE_ERRORS, ChatStore
+from chat_common.store import UNAVAILABLE_ERRORS, ChatStore, QuestionRow
 from chat_gateway.admission import AdmissionStore
 from chat_gateway.broker import GatewayBroker
 from chat_gateway.connection import Connection
@@ -49,6 +51,8 @@ class MessageLimits:
 @dataclass(slots=True)
 class Messages:
     store: ChatStore
+    questions: GroupCommit[QuestionRow, None]
+    """the questions of concurrent messages stored in one statement; its writer runs in the lifespan."""
     admission: AdmissionStore
     broker: GatewayBroker
     inflight: InFlight
@@ -59,12 +63,8 @@ class Messages:
         request = self._request(connection, user_id)
         span = start_message_span(request)
         with use_span(span, error_code=ErrorCode.INTERNAL.value):
-            await self.store.add_user_message(
-                message_id=request.user_message_id,
-                chat_id=request.chat_id,
-                request_id=request.request_id,
-                content=content,
-            )
+            question = QuestionRow(request.user_message_id, request.chat_id, request.request_id, content)
+            await self.questions.submit(question)
         accepted = {"messageId": request.user_message_id, "chatId": request.chat_id}
         connection.send(message_accepted_frame(accepted, frame.requestId))
         pending = self.inflight.open(connection, request, span)

@@ -10,8 +10,9 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from chat_common.group_commit import GroupCommit
 from chat_common.settings import GatewaySettings
-from chat_common.store import ChatStore
+from chat_common.store import DATA_ERRORS, ChatStore, QuestionRow
 from chat_gateway.admission import AdmissionStore
 from chat_gateway.auth import TokenVerifier
 from chat_gateway.broker import GatewayBroker
@@ -41,6 +42,8 @@ class GatewayState:
     inflight: InFlight
     router: ReplyRouter
     sessions: Sessions
+    questions: GroupCommit[QuestionRow, None]
+    """the writer of the questions (``run`` by the lifespan)."""
     started: float = field(default_factory=time.time)
     closing: set[asyncio.Task[None]] = field(default_factory=set)
     """closes started by the sweep, each bounded by ``WS_SEND_TIMEOUT``."""
@@ -63,7 +66,8 @@ def build(
         leeway_s=settings.jwt_leeway,
         max_connections_per_user=settings.ws_max_connections_per_user,
     )
-    messages = Messages(store, admission, broker, inflight, _message_limits(settings))
+    questions = GroupCommit(store.add_user_messages, data_errors=DATA_ERRORS)
+    messages = Messages(store, questions, admission, broker, inflight, _message_limits(settings))
     chats = Chats(store, admission, messages, _chat_limits(settings))
     door = Door(_door_limits(settings))
     sessions = Sessions(
@@ -91,6 +95,7 @@ def build(
         inflight=inflight,
         router=ReplyRouter(registry, inflight, broker.publish_control),
         sessions=sessions,
+        questions=questions,
     )
 
 

@@ -65,12 +65,13 @@ async def amain(settings: WorkerSettings, *, sampler: RequestSampler | None = No
 async def _serve(worker: Worker, answerer: Answerer, settings: WorkerSettings, stop: asyncio.Event) -> None:
     """Run the worker's own tasks until ``stop``, then shut down in order: stop consuming, farewell
     (no heartbeat after it), the answers in flight finish within the grace (or go back to the queue),
-    then the answers' writer and the reply batcher stop (after the answers they carry), then the rest is
-    cancelled."""
+    then the answers' writer, the histories' reader and the reply batcher stop (after the answers they
+    carry), then the rest is cancelled."""
     async with asyncio.TaskGroup() as tasks:
         beats = tasks.create_task(worker.heartbeats())
         reaper = tasks.create_task(reap_forever(answerer.store, request_timeout_s=settings.request_timeout_s))
         writer = tasks.create_task(answerer.answers.run())
+        reader = tasks.create_task(answerer.histories.run())
         replies = tasks.create_task(worker.batcher.run())
         logger.info("worker %s ready (provider %s)", settings.instance_id, settings.provider)
         await stop.wait()
@@ -80,6 +81,7 @@ async def _serve(worker: Worker, answerer: Answerer, settings: WorkerSettings, s
         await worker.farewell()
         await worker.drain(grace_s=settings.shutdown_grace_s)
         writer.cancel()
+        reader.cancel()
         replies.cancel()
         reaper.cancel()
 

@@ -11,6 +11,7 @@ redelivered. While PostgreSQL is away, reads and writes are retried until the re
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,14 @@ from chat_common.envelopes import ChatRequest
 from chat_common.errors import ErrorCode
 from chat_common.group_commit import GroupCommit
 from chat_common.settings import WorkerSettings
-from chat_common.store import DATA_ERRORS, UNAVAILABLE_ERRORS, AnswerRow, ChatStore
+from chat_common.store import (
+    DATA_ERRORS,
+    UNAVAILABLE_ERRORS,
+    AnswerRow,
+    ChatStore,
+    HistoryQuery,
+    StoredMessage,
+)
 from llm_worker.budget import trim_to_budget
 from llm_worker.clean import DeltaCleaner
 from llm_worker.coalesce import Coalescer
@@ -87,14 +95,15 @@ class Answerer:
     metrics: WorkerMetrics
     answers: GroupCommit[AnswerRow, bool] = field(init=False)
     """the answers of concurrent requests stored in one statement; its writer runs in ``__main__``."""
+    histories: GroupCommit[HistoryQuery, list[StoredMessage]] = field(init=False)
+    """the histories the prompts of concurrent requests need, read in one statement (``__main__`` runs it)."""
 
     def __post_init__(self) -> None:
         self.answers = GroupCommit(self.store.add_assistant_messages, data_errors=DATA_ERRORS)
+        self.histories = GroupCommit(functools.partial(self.store.histories, limit=self.settings.history_limit))
 
     async def prompt(self, request: ChatRequest) -> list[PromptMessage]:
-        history = await self.store.history(
-            request.chat_id, limit=self.settings.history_limit, up_to_message=request.user_message_id
-        )
+        history = await self.histories.submit(HistoryQuery(request.chat_id, request.user_message_id))
         context = [PromptMessage(m.role, m.content) for m in history if m.content and m.status != "failed"]
         return [
             PromptMessage("system", self.prompts[request.chat_type]),
@@ -118,10 +127,12 @@ class Answerer:
             )
             await replies.error("UPSTREAM_ERROR", "The language model failed to answer")
             return "upstream_error", None
-        content = await stream.flush()
+        content, last = await stream.flush()
         status = _status(finish)
         await with_store_retry(request, lambda: self.answers.submit(_row(request, content, status, finish)))
         self._count_tokens(finish)
+        if last is not None:
+            await replies.chunk(last)  # in the same batch as the end: one message, one socket write
         await replies.end(
             content, finish_reason=finish.reason, usage=usage_of(finish.prompt_tokens, finish.completion_tokens)
         )
@@ -198,17 +209,14 @@ class _Stream:
         await self.replies.chunk(ready)
         return True
 
-    async def flush(self) -> str:
-        """Send what is held back; the whole answer."""
+    async def flush(self) -> tuple[str, str | None]:
+        """The whole answer, and its last chunk, held back for the caller to send with the end."""
         held = self.cleaner.flush()
         if held:
             self.parts.append(held)
             if (ready := self.coalescer.add(held)) is not None:
                 await self.replies.chunk(ready)
-        rest = self.coalescer.flush()
-        if rest is not None:
-            await self.replies.chunk(rest)
-        return "".join(self.parts)
+        return "".join(self.parts), self.coalescer.flush()
 
 
 def _status(finish: Finish) -> Literal["complete", "cancelled", "failed"]:

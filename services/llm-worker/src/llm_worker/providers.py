@@ -158,9 +158,9 @@ class FakeProvider:
 
 
 class TracedProvider:
-    """Any provider with its ``llm.chat`` span: current while the inner provider works (so the SDK's
-    HTTP request span is its child), never across a ``yield`` (the caller's own spans stay the
-    request's), ended with the finish reason, token counts or the error."""
+    """Any provider with its ``llm.chat`` span: current while the inner provider works towards its
+    first token (so the SDK's HTTP request span is its child), never across a ``yield`` (the caller's
+    own spans stay the request's), ended with the finish reason, token counts or the error."""
 
     def __init__(self, inner: LLMProvider, *, system: str, model: str) -> None:
         self.inner = inner
@@ -175,7 +175,16 @@ class TracedProvider:
         first = True
         try:
             while True:
-                with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                if first:
+                    # until the first token the inner provider makes its HTTP request, whose span is
+                    # this one's child; later it only reads the response (no span), and entering the
+                    # span for each of hundreds of tokens was a tenth of the worker's CPU
+                    with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                        try:
+                            event = await anext(events)
+                        except StopAsyncIteration:
+                            break
+                else:
                     try:
                         event = await anext(events)
                     except StopAsyncIteration:
