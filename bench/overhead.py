@@ -37,7 +37,12 @@ def model_env(args: argparse.Namespace) -> dict[str, object]:
 def one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     with s.stack() as running:
         if kind == "stack":
-            proc = running.gateway(WS_MAX_CONNECTIONS=args.users + 100)
+            # as the bare endpoint: no per-user rate limit, and every user may connect at once
+            proc = running.gateway(
+                WS_MAX_CONNECTIONS=args.users + 100,
+                WS_RATE_LIMIT_MAX_MESSAGES=1_000_000,
+                WS_MAX_UNAUTHENTICATED_SHARE=1,
+            )
             running.worker(0, WORKER_CONCURRENCY=256, **model_env(args))
         else:
             proc = running.bare(s.BARE_PORT, **model_env(args))
