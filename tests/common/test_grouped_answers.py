@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator
 
@@ -134,3 +135,26 @@ async def test_histories_read_together_are_what_each_read_alone_returns(services
         assert together == alone
         assert any(len(h) == 4 for h in together), "the limit applies"
         assert len(together[0]) == 1
+
+
+async def test_a_history_query_with_a_malformed_id_fails_alone(services: Services) -> None:
+    async with chat_store(services.database_url) as store:
+        chat = await store.create_chat(f"malformed-{uuid.uuid4().hex[:6]}", "messages")
+        message_id = str(uuid.uuid4())
+        await store.add_user_message(message_id=message_id, chat_id=chat.id, request_id=str(uuid.uuid4()), content="q")
+        reader = GroupCommit(functools.partial(store.histories, limit=5), data_errors=(ValueError, *DATA_ERRORS))
+        task = asyncio.create_task(reader.run())
+        try:
+            bad, good = await asyncio.wait_for(
+                asyncio.gather(
+                    reader.submit(HistoryQuery("not-a-uuid", message_id)),
+                    reader.submit(HistoryQuery(chat.id, message_id)),
+                    return_exceptions=True,
+                ),
+                10,
+            )
+        finally:
+            task.cancel()
+        assert isinstance(bad, ValueError)
+        assert isinstance(good, list)
+        assert [m.content for m in good] == ["q"]

@@ -100,7 +100,11 @@ class Answerer:
 
     def __post_init__(self) -> None:
         self.answers = GroupCommit(self.store.add_assistant_messages, data_errors=DATA_ERRORS)
-        self.histories = GroupCommit(functools.partial(self.store.histories, limit=self.settings.history_limit))
+        # a request whose ids are not UUIDs fails its own read only (the group is then read one by one)
+        self.histories = GroupCommit(
+            functools.partial(self.store.histories, limit=self.settings.history_limit),
+            data_errors=(ValueError, *DATA_ERRORS),
+        )
 
     async def prompt(self, request: ChatRequest) -> list[PromptMessage]:
         history = await self.histories.submit(HistoryQuery(request.chat_id, request.user_message_id))
