@@ -116,3 +116,17 @@ async def test_backlog_is_reported_while_the_broker_does_not_take_frames() -> No
 def test_a_malformed_batch_is_refused_whole(body: bytes) -> None:
     with pytest.raises(MalformedBatch):
         decode_batch(body)
+
+
+async def test_frames_still_waiting_when_the_batcher_stops_fail_instead_of_hanging() -> None:
+    broker = Broker()
+    broker.gate.clear()
+    batcher = ReplyBatcher(broker.publish)
+    task = asyncio.create_task(batcher.run())
+    sending = batcher.add("gw-a", reply(0))
+    await broker.publishing.wait()
+    waiting = batcher.add("gw-a", reply(1))
+    task.cancel()
+    for done in (sending, waiting):
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(done, 1)

@@ -103,12 +103,21 @@ class ReplyBatcher:
 
     async def run(self) -> None:
         """Publish rounds until cancelled (owned by the worker's task group)."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            rounds, self._next = self._next, {}
-            for reply_to, batch in rounds.items():
-                await self._send(reply_to, batch)
+        rounds: dict[str, _Round] = {}
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                rounds, self._next = self._next, {}
+                for reply_to, batch in rounds.items():
+                    await self._send(reply_to, batch)
+        finally:
+            # stopped (after the answers drained): whoever still waits for a frame hears it, never hangs
+            stopped = ConnectionError("reply batcher stopped")
+            for batch in [*rounds.values(), *self._next.values()]:
+                if not batch.done.done():
+                    batch.done.set_exception(stopped)
+                    batch.done.exception()
 
     async def _send(self, reply_to: str, batch: _Round) -> None:
         try:
