@@ -292,7 +292,7 @@ class LLMSettings(_Section):
     always): a bound on prompt cost and on chats outgrowing the model's context window."""
     chunk_coalesce_ms: Annotated[int, Field(ge=0)] = 50
     chunk_coalesce_chars: PositiveInt = 256
-    worker_concurrency: PositiveInt = 32
+    worker_concurrency: PositiveInt = 64
     worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 3200
 
     @model_validator(mode="after")
