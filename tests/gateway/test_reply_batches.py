@@ -84,6 +84,14 @@ async def _accepted(client: ChatClient, content: str) -> dict[str, Any]:
     return (await client.recv_type("message_accepted"))["data"]
 
 
+async def _asked(gateway: ServiceProcess, worker: FakeWorker, name: str) -> tuple[ChatClient, ChatRequest]:
+    """A client of a new user that asked a question, and the request the worker took for it."""
+    client = await joined(gateway.extra["ws_url"], make_token(user(name)))
+    await _accepted(client, "question")
+    (request,) = await worker.take(1)
+    return client, request
+
+
 async def test_one_batch_carries_the_answers_of_two_connections_each_whole_and_in_order(
     setup: tuple[ServiceProcess, FakeWorker],
 ) -> None:
@@ -117,9 +125,7 @@ async def test_a_malformed_batch_is_dropped_whole_and_touches_no_connection(
     setup: tuple[ServiceProcess, FakeWorker],
 ) -> None:
     gateway, worker = setup
-    client = await joined(gateway.extra["ws_url"], make_token(user("malformed")))
-    await _accepted(client, "question")
-    (request,) = await worker.take(1)
+    client, request = await _asked(gateway, worker, "malformed")
     frames = answer(request, ["right"])
     wrong_type = [list(frames[0])]
     wrong_type[0][4] = "zero"  # seq must be an integer
@@ -147,9 +153,7 @@ async def test_single_replies_of_an_earlier_worker_release_are_still_forwarded(
 ) -> None:
     """During a rolling update old workers send one frame per message, its routing facts in headers."""
     gateway, worker = setup
-    client = await joined(gateway.extra["ws_url"], make_token(user("single")))
-    await _accepted(client, "question")
-    (request,) = await worker.take(1)
+    client, request = await _asked(gateway, worker, "single")
     for reply in answer(request, ["one ", "by ", "one"]):
         headers = ReplyHeaders(
             kind=reply.kind,  # type: ignore[arg-type]

@@ -196,15 +196,7 @@ class ChatStore:
         )
         found: list[list[StoredMessage]] = [[] for _ in queries]
         for row in rows:
-            found[row["ord"] - 1].append(
-                StoredMessage(
-                    id=str(row["id"]),
-                    role=row["role"],
-                    content=row["content"],
-                    created_at=row["created_at"],
-                    status=row["status"],
-                )
-            )
+            found[row["ord"] - 1].append(_stored_message(row))
         return found
 
     async def history(self, chat_id: str, *, limit: int, up_to_message: str | None = None) -> list[StoredMessage]:
@@ -224,16 +216,7 @@ class ChatStore:
                 limit,
                 uuid.UUID(up_to_message),
             )
-        return [
-            StoredMessage(
-                id=str(row["id"]),
-                role=row["role"],
-                content=row["content"],
-                created_at=row["created_at"],
-                status=row["status"],
-            )
-            for row in reversed(rows)
-        ]
+        return [_stored_message(row) for row in reversed(rows)]
 
     async def add_user_message(self, *, message_id: str, chat_id: str, request_id: str, content: str) -> None:
         await self.add_user_messages([QuestionRow(message_id, chat_id, request_id, content)])
@@ -380,3 +363,14 @@ class ChatStore:
                 uuid.UUID(request_id),
             )
         )
+
+
+def _stored_message(row: asyncpg.Record) -> StoredMessage:
+    """A history row (``id, role, content, created_at, status``) as the store hands it out."""
+    return StoredMessage(
+        id=str(row["id"]),
+        role=row["role"],
+        content=row["content"],
+        created_at=row["created_at"],
+        status=row["status"],
+    )

@@ -153,7 +153,7 @@ class Connection:
         """End of the turn: what was queued goes in one write, or to the flusher if the socket is full."""
         self._scheduled = None
         out = self._out
-        if out is None or not out or self._flusher is not None:
+        if not out or self._flusher is not None:
             return
         if self.peer.write_frames(out):
             self._out = None
