@@ -23,10 +23,13 @@ import asyncio
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -143,11 +146,18 @@ def measure(
         for _ in range(responders)
     ]
     asking: list[subprocess.Popen[str]] = []
+    folder = tempfile.mkdtemp(prefix="raw-loop-")
     try:
         for child in answering:
             _ready(child)
         shares = [concurrency // requesters + (i < concurrency % requesters) for i in range(requesters)]
-        asking = [_spawn("requester", "--concurrency", share, "--queue-type", queue_type) for share in shares]
+        # each requester writes its figures to a file of its own: a line of over 64 KB on its stdout
+        # pipe came out cut when the parent read one requester after the other
+        results = [os.path.join(folder, f"requester-{index}.json") for index in range(len(shares))]
+        asking = [
+            _spawn("requester", "--concurrency", share, "--queue-type", queue_type, "--out", result)
+            for share, result in zip(shares, results, strict=True)
+        ]
         for child in asking:
             _ready(child)
         groups = {
@@ -162,15 +172,18 @@ def measure(
                 assert child.stdin is not None
                 child.stdin.write(f"go {t0} {t1}\n")
                 child.stdin.flush()
-            outputs = [json.loads(child.communicate(timeout=warmup + duration + 60)[0]) for child in asking]
+            for child in asking:
+                child.communicate(timeout=warmup + duration + 60)
         for child in asking:
             if child.returncode != 0:
                 raise RuntimeError(f"raw requester exited {child.returncode}")
+        outputs = [json.loads(Path(result).read_text(encoding="utf-8")) for result in results]
     finally:
         for child in [*asking, *answering]:
             if child.poll() is None:
                 child.terminate()
                 child.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
     latencies = [value for output in outputs for value in output["latencies_ms"]]
     rate = len(latencies) / duration
     return {
@@ -200,12 +213,15 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=256)
     parser.add_argument("--requesters", type=int, default=1, help="requester processes")
     parser.add_argument("--responders", type=int, default=1, help="responder processes")
+    parser.add_argument("--out", default="", help="(requester) the file its figures go to")
     args = parser.parse_args()
     if args.role == "responder":
         run(responder(args.replies, args.prefetch, args.queue_type))
         return
     if args.role == "requester":
-        print(json.dumps(run(requester(args.concurrency, args.queue_type))), flush=True)
+        figures = run(requester(args.concurrency, args.queue_type))
+        with open(args.out, "w", encoding="utf-8") as out:
+            json.dump(figures, out)
         return
     prepare()
     options = vars(args)  # every option but --role is one of measure's keywords, of the same name
