@@ -51,7 +51,10 @@ async def test_heartbeats_of_two_gateways_and_a_worker_add_up(cluster: Cluster) 
         # its connect and its join counts the connection and not yet the user
         status, health = await eventually(
             health_of(monitor),
-            accept=lambda r: r[1]["metrics"]["messagesPerMinute"] >= 3 and r[1]["metrics"]["totalUsers"] == 2,
+            # and the health settled: until every process's post-answer heartbeat is in, it can read 503
+            accept=lambda r: (
+                r[0] == 200 and r[1]["metrics"]["messagesPerMinute"] >= 3 and r[1]["metrics"]["totalUsers"] == 2
+            ),
             timeout=10,
             interval=0.2,
         )
